@@ -1,0 +1,39 @@
+# `make run` starts the server, `make test` runs the whole suite; both install what they need first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 5000
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run demo test bench install install-dev browser
+
+run: install
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --threads 8 --timeout 300 app:app
+
+demo: install
+	$(BIN)/python demo.py
+
+test: install-dev browser
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench.py
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -r requirements-dev.txt
+	touch $@ $(VENV)/.installed
+
+# Debian's Chromium for the browser tests (Playwright cannot download its own here).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }

@@ -1,0 +1,50 @@
+"""Domain errors shared by the rooms; app.py maps each to its JSON response once."""
+
+
+class AppError(Exception):
+    """An error the user can act on: an HTTP status, a stable code and a message."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.headers = headers or {}
+
+
+class InvalidInput(AppError):
+    """A missing or invalid request field."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class InvalidImage(AppError):
+    """The upload is not a PNG or JPEG we can use."""
+
+    status = 400
+    code = "invalid_image"
+
+
+class ImageTooLarge(AppError):
+    """The upload is over the byte or pixel limit."""
+
+    status = 413
+    code = "file_too_large"
+
+
+class NotFound(AppError):
+    """An unknown image or generation id."""
+
+    status = 404
+    code = "not_found"
+
+
+class ModelUnavailable(AppError):
+    """A model could not be loaded; the endpoints that need it answer 503."""
+
+    status = 503
+    code = "model_unavailable"

@@ -1,0 +1,118 @@
+"""Image validation and storage: what an upload must be before anything else sees it."""
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from errors import ImageTooLarge, InvalidImage
+
+ALLOWED_EXTENSIONS = {".png", ".jpg", ".jpeg"}
+FORMATS = {"PNG": ("image/png", ".png"), "JPEG": ("image/jpeg", ".jpg")}
+JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A decoded RGB image and its re-encoded bytes, ready to store."""
+
+    pixels: Image.Image
+    data: bytes
+    mime_type: str
+    extension: str
+
+
+def check_filename(filename: str) -> None:
+    """Refuse a file whose name says it is neither PNG nor JPEG."""
+    extension = os.path.splitext(filename)[1].lower()
+    if extension and extension not in ALLOWED_EXTENSIONS:
+        raise InvalidImage(
+            f"'{extension}' files are not accepted: upload a PNG or JPEG image (.png, .jpg, .jpeg)",
+            code="unsupported_file_type",
+        )
+
+
+def read_image(stream, *, max_pixels: int) -> Picture:
+    """Decode a PNG or JPEG judged by its content, upright, RGB, first frame, re-encoded."""
+    # Pillow only warns between its own limit and twice that; below the lower of the two
+    # limits is the only size accepted, so its warning always ends in a refusal.
+    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    try:
+        with Image.open(stream, formats=["PNG", "JPEG"]) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise too_many_pixels(limit, f"{width}x{height} pixels")
+            # A multi-picture JPEG (MPO) from a phone is still a JPEG.
+            image_format = "PNG" if image.format == "PNG" else "JPEG"
+            image.seek(0)
+            image.load()
+            pixels = to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError:
+        raise too_many_pixels(limit) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InvalidImage(
+            "the file is not a readable PNG or JPEG image (it may be another format, damaged or "
+            "truncated): upload a PNG or JPEG file",
+            code="not_an_image",
+        ) from error
+    return encode(pixels, image_format)
+
+
+def too_many_pixels(limit: int, size: str = "too many pixels") -> ImageTooLarge:
+    """The refusal of an image over the pixel cap, checked before decoding."""
+    return ImageTooLarge(
+        f"the image has {size}, more than the limit of {limit:,} pixels: upload a smaller image",
+        code="image_too_large",
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PNG/JPEG mode to 8-bit RGB; transparency becomes a white background."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # 16-bit grey: scale to 8 bits instead of letting values above 255 clip to white.
+        image = image.convert("I").point(lambda value: value / 256).convert("L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGB", image.size, "white")
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def encode(pixels: Image.Image, image_format: str) -> Picture:
+    """Re-encode in the upload's own format, without its metadata."""
+    mime_type, extension = FORMATS[image_format]
+    buffer = io.BytesIO()
+    if image_format == "PNG":
+        pixels.save(buffer, "PNG", optimize=False, compress_level=6)
+    else:
+        pixels.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return Picture(pixels, buffer.getvalue(), mime_type, extension)
+
+
+def store(folder: str, name: str, data: bytes) -> str:
+    """Write data to folder/name atomically and durably; return the path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name)
+    descriptor, temporary = tempfile.mkstemp(prefix=".incoming-", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
+
+
+def remove(path: str) -> None:
+    """Delete a stored file if it is there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,49 @@
+"""The settings: defaults, read from the environment by the names in the README."""
+
+DEFAULTS = {
+    "CAPTION_MODEL": "Salesforce/blip-image-captioning-base",
+    "VQA_MODEL": "Salesforce/blip-vqa-base",
+    "DEVICE": "auto",
+    "CAPTION_NUM_BEAMS": 3,
+    "CAPTION_MIN_LENGTH": 10,
+    "CAPTION_MAX_LENGTH": 30,
+    "VQA_NUM_BEAMS": 3,
+    "VQA_MAX_LENGTH": 10,
+    "DEMO": False,
+    "HF_API_KEYS": "",
+    "HF_API_KEYS_FILE": "",
+    "HF_INFERENCE_URL": "https://router.huggingface.co/hf-inference/models",
+    "SD_MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
+    "UPLOAD_FOLDER": "uploads",
+    "GENERATED_FOLDER": "uploads/generated",
+    "HISTORY_FILE": "history.json",
+    "MAX_IMAGE_BYTES": 16 * 1024 * 1024,
+    "MAX_IMAGE_PIXELS": 40_000_000,
+    "SECRET_KEY": "",
+    "HOST": "127.0.0.1",
+    "PORT": 5000,
+}
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+def from_environment(environ) -> dict:
+    """The settings the environment sets, converted to their defaults' types."""
+    found = {}
+    for name, default in DEFAULTS.items():
+        if name not in environ:
+            continue
+        raw = environ[name].strip()
+        if isinstance(default, bool):
+            if raw.lower() not in TRUE | FALSE:
+                raise ValueError(f"{name}={raw!r}: use 1 or 0")
+            found[name] = raw.lower() in TRUE
+        elif isinstance(default, int):
+            try:
+                found[name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{name}={raw!r}: use a whole number") from None
+        else:
+            found[name] = raw
+    return found

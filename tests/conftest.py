@@ -1,0 +1,101 @@
+import io
+import os
+
+import pytest
+from PIL import Image
+
+from app import create_app
+
+
+class FakeCaptioner:
+    """Records each call; answers a fixed caption."""
+
+    def __init__(self):
+        self.calls = []
+
+    def caption(self, image, prompt=None):
+        self.calls.append((image.mode, image.size, prompt))
+        return "a fake caption"
+
+
+class FakeAnswerer:
+    """Records each call; answers a fixed answer."""
+
+    def __init__(self):
+        self.calls = []
+
+    def answer(self, image, question):
+        self.calls.append((image.mode, image.size, question))
+        return "a fake answer"
+
+
+def image_bytes(fmt="PNG", mode="RGB", size=(40, 30), color=None, **save_args) -> bytes:
+    """An image file of the given format, mode and size."""
+    image = Image.new(mode, size, color if color is not None else 1)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_blip(tmp_path_factory):
+    """Tiny BLIP checkpoints with random weights, saved the way the real ones are."""
+    import random_blip
+
+    return random_blip.save_random_blip(str(tmp_path_factory.mktemp("blip")))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_blip):
+    """The tiny checkpoints loaded through the real from_pretrained path."""
+    import models
+
+    captioner = models.Captioner.from_pretrained(tiny_blip["caption"], "cpu",
+                                                 dict(num_beams=3, min_length=5, max_length=12))
+    answerer = models.Answerer.from_pretrained(tiny_blip["vqa"], "cpu", dict(num_beams=3, max_length=6))
+    return captioner, answerer
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def make_app(data_dir):
+    """Build apps over one data folder (so a second one is a restart)."""
+
+    def make(captioner=None, answerer=None, **config):
+        settings = {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret",
+            "UPLOAD_FOLDER": str(data_dir / "uploads"),
+            "GENERATED_FOLDER": str(data_dir / "uploads" / "generated"),
+            "HISTORY_FILE": str(data_dir / "history.json"),
+        }
+        settings.update(config)
+        return create_app(settings, captioner=captioner or FakeCaptioner(), answerer=answerer or FakeAnswerer())
+
+    return make
+
+
+@pytest.fixture
+def app(make_app, tiny_models):
+    """The app on the tiny BLIP models."""
+    captioner, answerer = tiny_models
+    return make_app(captioner, answerer)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def stored_files(data_dir) -> list[str]:
+    """Every file under the data folder but the lock file, relative to it."""
+    found = []
+    for folder, _, names in os.walk(data_dir):
+        for name in names:
+            if not name.endswith(".lock"):
+                found.append(os.path.relpath(os.path.join(folder, name), data_dir))
+    return sorted(found)
