@@ -227,7 +227,8 @@ def register_routes(app: Flask) -> None:
                                code="missing_image")
         images.check_filename(file.filename or "")
         prompt = fields.text(request.form, "prompt", max_length=MAX_PROMPT, required=False)
-        picture = images.read_image(file.stream, max_pixels=current_app.config["MAX_IMAGE_PIXELS"])
+        picture = images.read_image(file.stream, max_pixels=current_app.config["MAX_IMAGE_PIXELS"],
+                                    max_bytes=current_app.config["MAX_IMAGE_BYTES"])
         caption = service("captioner").caption(picture.pixels, prompt)
         record = keep_upload(picture, caption, prompt, file.filename or "")
         body = image_view(record)

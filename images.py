@@ -34,8 +34,12 @@ def check_filename(filename: str) -> None:
         )
 
 
-def read_image(stream, *, max_pixels: int) -> Picture:
+def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Picture:
     """Decode a PNG or JPEG judged by its content, upright, RGB, first frame, re-encoded."""
+    if max_bytes is not None and stream.seek(0, os.SEEK_END) > max_bytes:
+        raise ImageTooLarge(f"the file is larger than {max_bytes // (1024 * 1024)} MB: upload a smaller image",
+                            code="file_too_large")
+    stream.seek(0)
     # Pillow only warns between its own limit and twice that; below the lower of the two
     # limits is the only size accepted, so its warning always ends in a refusal.
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)

@@ -90,7 +90,7 @@ class UnavailableModel:
 def load(kind: type[BlipModel], name: str, setting: str, device: str, generation: dict):
     """Load a model, or an UnavailableModel that explains the failure; the server starts either way."""
     try:
-        return kind.from_pretrained(name, device, generation)
+        model = kind.from_pretrained(name, device, generation)
     except Exception as error:  # any failure to load leaves the server up, with the reason on record
         message = (
             f"the model '{name}' could not be loaded ({type(error).__name__}): point {setting} at a "
@@ -99,3 +99,5 @@ def load(kind: type[BlipModel], name: str, setting: str, device: str, generation
         log.error(message)
         log.debug("loading %s failed", name, exc_info=True)
         return UnavailableModel(name, message)
+    log.info("loaded %s from %s on %s (%s)", kind.__name__, name, model.device, model.dtype)
+    return model

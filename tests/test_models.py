@@ -1,0 +1,66 @@
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+import models
+from errors import ModelUnavailable
+
+
+def test_tiny_checkpoints_load_through_from_pretrained(tiny_models):
+    captioner, answerer = tiny_models
+    for model in (captioner, answerer):
+        assert model.device.type == "cpu"
+        assert model.dtype == torch.float32
+        assert not model.model.training
+
+
+def test_caption_is_text(tiny_models):
+    captioner, _ = tiny_models
+    caption = captioner.caption(Image.new("RGB", (64, 48), "red"))
+    assert isinstance(caption, str)
+    assert len(captioner.processor.tokenizer(caption)["input_ids"]) <= 12 + 2
+
+
+def test_conditional_caption_keeps_the_prompt(tiny_models):
+    captioner, _ = tiny_models
+    caption = captioner.caption(Image.new("RGB", (64, 48), "red"), "a photography of")
+    assert caption.startswith("a photography of")
+
+
+def test_answer_is_text(tiny_models):
+    _, answerer = tiny_models
+    answer = answerer.answer(Image.new("RGB", (20, 90), "blue"), "what color is it?")
+    assert isinstance(answer, str)
+
+
+def test_generation_settings_reach_generate(tiny_blip):
+    captioner = models.Captioner.from_pretrained(tiny_blip["caption"], "cpu", dict(num_beams=1, max_length=4))
+    inputs = captioner.processor(images=Image.new("RGB", (8, 8)), return_tensors="pt")
+    tokens = captioner.model.generate(**inputs, **captioner.generation)
+    assert tokens.shape[1] <= 4
+
+
+def test_same_image_same_caption(tiny_models):
+    captioner, _ = tiny_models
+    image = Image.new("RGB", (50, 50), "green")
+    assert captioner.caption(image) == captioner.caption(image.copy())
+
+
+def test_pick_device():
+    assert models.pick_device("cpu").type == "cpu"
+    assert models.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_model_that_cannot_load_is_unavailable_and_says_why(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        model = models.load(models.Captioner, str(tmp_path / "missing"), "CAPTION_MODEL", "cpu", {})
+    assert not model.ready
+    assert "CAPTION_MODEL" in model.message and str(tmp_path / "missing") in model.message
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "CAPTION_MODEL" in errors[0].getMessage()
+    with pytest.raises(ModelUnavailable):
+        model.caption(Image.new("RGB", (8, 8)))
+    with pytest.raises(ModelUnavailable):
+        model.answer(Image.new("RGB", (8, 8)), "why?")
