@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUESTION = 500
 MAX_PROMPT = 200
+MAX_DESCRIPTION = 1000
 PAGE_LIMIT = 200
 
 HTTP_ERRORS = {
@@ -57,6 +58,7 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
         answerer = answerer or loaded_answerer
     app.extensions["captioner"] = captioner
     app.extensions["answerer"] = answerer
+    app.extensions["hf_client"] = hf_client or build_hf_client(app.config)
     app.extensions["history"] = History(app.config["HISTORY_FILE"])
     os.makedirs(app.config["UPLOAD_FOLDER"], exist_ok=True)
 
@@ -82,6 +84,24 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
             dict(num_beams=config["VQA_NUM_BEAMS"], max_length=config["VQA_MAX_LENGTH"]),
         )
     return captioner, answerer
+
+
+def build_hf_client(config):
+    """The inference API client with the keys from HF_API_KEYS_FILE, else HF_API_KEYS."""
+    from hf_client import HFClient, read_keys
+
+    keys = read_keys(config["HF_API_KEYS"], ",")
+    if config["HF_API_KEYS_FILE"]:
+        try:
+            with open(config["HF_API_KEYS_FILE"], encoding="utf-8") as file:
+                keys = read_keys(file.read())
+        except OSError as error:
+            log.error("HF_API_KEYS_FILE %s cannot be read (%s): image generation has no keys",
+                      config["HF_API_KEYS_FILE"], error.strerror)
+            keys = []
+    return HFClient(keys, config["HF_INFERENCE_URL"], config["SD_MODEL"], timeout=config["HF_TIMEOUT"],
+                    deadline=config["HF_DEADLINE"], max_tries=config["HF_MAX_TRIES"],
+                    exhausted_cooldown=config["HF_EXHAUSTED_COOLDOWN"])
 
 
 def instance_secret_key(instance_path: str) -> str:
@@ -201,6 +221,56 @@ def keep_upload(picture: images.Picture, caption: str, prompt: str | None, origi
     return record
 
 
+def generation_parameters(given) -> dict:
+    """The optional text-to-image parameters that were given, checked."""
+    parameters = {
+        "height": fields.number(given, "height", low=256, high=1536, multiple_of=8),
+        "width": fields.number(given, "width", low=256, high=1536, multiple_of=8),
+        "num_inference_steps": fields.number(given, "num_inference_steps", low=1, high=100),
+        "guidance_scale": fields.number(given, "guidance_scale", low=0, high=30, kind=float),
+        "negative_prompt": fields.text(given, "negative_prompt", max_length=MAX_DESCRIPTION, required=False),
+        "seed": fields.number(given, "seed", low=0, high=2**32 - 1),
+    }
+    return {name: value for name, value in parameters.items() if value is not None}
+
+
+def keep_generation(image, description: str, parameters: dict) -> dict:
+    """Store a generated image under a new id, then its record; neither stays without the other."""
+    generation_id = str(uuid.uuid4())
+    filename = generation_id + image.extension
+    path = images.store(current_app.config["GENERATED_FOLDER"], filename, image.data)
+    record = {
+        "generation_id": generation_id, "owner": owner(), "description": description,
+        "parameters": parameters, "filename": filename, "mime_type": image.mime_type,
+        "path": shown_path(path), "created_at": now(),
+    }
+    try:
+        service("history").add_generation(record)
+    except BaseException:
+        images.remove(path)
+        raise
+    return record
+
+
+def shown_path(path: str) -> str:
+    """A saved file's path relative to the app folder, or absolute when it lies outside it."""
+    relative = os.path.relpath(path, current_app.root_path)
+    return path if relative.startswith("..") else relative
+
+
+def generation_view(record: dict) -> dict:
+    """A generation record as the API shows it."""
+    return {
+        "generation_id": record["generation_id"],
+        "description": record["description"],
+        "parameters": record["parameters"],
+        "mime_type": record["mime_type"],
+        "path": record["path"],
+        "image_url": url_for("generated_file", name=record["filename"]),
+        "created_at": record["created_at"],
+    }
+
+
 def stored_pixels(record: dict) -> Image.Image:
     """The stored image of a record, decoded to RGB."""
     path = os.path.join(current_app.config["UPLOAD_FOLDER"], record["filename"])
@@ -252,12 +322,33 @@ def register_routes(app: Flask) -> None:
         limit = fields.number(request.args, "limit", low=1, high=PAGE_LIMIT, default=50)
         offset = fields.number(request.args, "offset", low=0, high=10**9, default=0)
         mine, total = service("history").list("images", owner(), limit, offset)
+        made, total_made = service("history").list("generations", owner(), limit, offset)
         return jsonify(images=[image_view(record) for record in mine], total_images=total,
-                       generations=[], total_generations=0, limit=limit, offset=offset)
+                       generations=[generation_view(record) for record in made], total_generations=total_made,
+                       limit=limit, offset=offset)
 
     @app.get("/images/<image_id>")
     def image(image_id):
         return jsonify(image_view(service("history").image(image_id)))
+
+    @app.post("/generate")
+    def generate():
+        given = request_fields()
+        description = fields.text(given, "description", max_length=MAX_DESCRIPTION)
+        parameters = generation_parameters(given)
+        image = service("hf_client").generate(description, parameters)
+        record = keep_generation(image, description, parameters)
+        body = generation_view(record)
+        body["image"] = base64.b64encode(image.data).decode("ascii")
+        return jsonify(body), 201
+
+    @app.get("/generations/<generation_id>")
+    def generation(generation_id):
+        return jsonify(generation_view(service("history").generation(generation_id)))
+
+    @app.get("/generated/<name>")
+    def generated_file(name):
+        return send_from_directory(current_app.config["GENERATED_FOLDER"], name)
 
     @app.get("/uploads/<name>")
     def uploaded_file(name):
@@ -267,7 +358,9 @@ def register_routes(app: Flask) -> None:
     def healthz():
         models = {role: model_status(service(role)) for role in ("captioner", "answerer")}
         ready = all(model["ready"] for model in models.values())
-        body = {"status": "ok" if ready else "unavailable", "models": models, "demo": current_app.config["DEMO"]}
+        body = {"status": "ok" if ready else "unavailable", "models": models,
+                "generation_model": current_app.config["SD_MODEL"], "keys": service("hf_client").status(),
+                "demo": current_app.config["DEMO"]}
         if current_app.config["DEMO"]:
             body["notice"] = DEMO_NOTICE
         return jsonify(body), 200 if ready else 503

@@ -48,3 +48,31 @@ class ModelUnavailable(AppError):
 
     status = 503
     code = "model_unavailable"
+
+
+class UpstreamError(AppError):
+    """The inference API answered with something unusable, or not at all."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamRejected(AppError):
+    """The inference API refused the request itself (a bad parameter, say)."""
+
+    status = 400
+    code = "generation_rejected"
+
+
+class UpstreamTimeout(AppError):
+    """The inference API did not answer in time."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class KeysUnavailable(AppError):
+    """No API key configured, or every key is cooling down, disabled or out of credits."""
+
+    status = 503
+    code = "no_usable_api_key"

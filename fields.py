@@ -35,6 +35,6 @@ def number(fields, name: str, *, low, high, kind=int, multiple_of: int = 1, defa
             raise ValueError(value)
     except (TypeError, ValueError, OverflowError):
         raise InvalidInput(f"'{name}' must be {rule}", code=f"invalid_{name}") from None
-    if not low <= parsed <= high or parsed % multiple_of:
+    if not low <= parsed <= high or (multiple_of > 1 and parsed % multiple_of):
         raise InvalidInput(f"'{name}' is {parsed}; it must be {rule}", code=f"invalid_{name}")
     return parsed

@@ -1,0 +1,163 @@
+import base64
+import logging
+
+import pytest
+
+from conftest import stored_files
+from fake_hf import FakeClock, FakeInferenceAPI, png
+from hf_client import HFClient
+
+KEYS = ["hf_genAAAAAAAAAAAA1111", "hf_genBBBBBBBBBBBB2222"]
+
+
+@pytest.fixture
+def api():
+    fake = FakeInferenceAPI()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def generating_app(make_app, api, clock):
+    def make(keys=KEYS, **config):
+        client = HFClient(keys, api.url, "stabilityai/sdxl", clock=clock, sleep=clock.sleep, timeout=0.5)
+        app = make_app(**config)
+        app.extensions["hf_client"] = client
+        return app
+
+    return make
+
+
+def test_generate_saves_the_image_and_its_record(generating_app, api, data_dir):
+    app = generating_app()
+    client = app.test_client()
+    response = client.post("/generate", json={"description": "  a lighthouse at dusk ", "height": 512,
+                                              "width": "768", "num_inference_steps": 25, "guidance_scale": "7.5",
+                                              "negative_prompt": "fog", "seed": 7})
+    assert response.status_code == 201
+    body = response.get_json()
+    assert set(body) >= {"generation_id", "image", "mime_type", "path", "image_url", "created_at"}
+    assert base64.b64decode(body["image"]) == png() and body["mime_type"] == "image/png"
+    assert body["path"] == str(data_dir / "uploads" / "generated" / f"{body['generation_id']}.png")
+    assert (data_dir / "uploads" / "generated" / f"{body['generation_id']}.png").read_bytes() == png()
+    assert api.requests[0]["body"] == {"inputs": "a lighthouse at dusk", "parameters": {
+        "height": 512, "width": 768, "num_inference_steps": 25, "guidance_scale": 7.5,
+        "negative_prompt": "fog", "seed": 7}}
+    served = client.get(body["image_url"])
+    assert served.status_code == 200 and served.data == png() and served.mimetype == "image/png"
+    one = client.get(f"/generations/{body['generation_id']}").get_json()
+    assert one["description"] == "a lighthouse at dusk" and one["parameters"]["seed"] == 7
+    listed = client.get("/history").get_json()
+    assert [item["generation_id"] for item in listed["generations"]] == [body["generation_id"]]
+    assert listed["total_generations"] == 1
+    assert app.test_client().get("/history").get_json()["generations"] == []
+
+
+def test_generate_with_form_fields_and_defaults(generating_app, api):
+    response = generating_app().test_client().post("/generate", data={"description": "a cat", "height": ""})
+    assert response.status_code == 201
+    assert api.requests[0]["body"] == {"inputs": "a cat", "parameters": {}}
+
+
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        ({}, "missing_description"),
+        ({"description": "   "}, "missing_description"),
+        ({"description": "x" * 1001}, "description_too_long"),
+        ({"description": 5}, "invalid_description"),
+        ({"description": "a", "height": 250}, "invalid_height"),
+        ({"description": "a", "height": 1544}, "invalid_height"),
+        ({"description": "a", "height": 513}, "invalid_height"),
+        ({"description": "a", "width": "wide"}, "invalid_width"),
+        ({"description": "a", "width": 512.5}, "invalid_width"),
+        ({"description": "a", "num_inference_steps": 0}, "invalid_num_inference_steps"),
+        ({"description": "a", "num_inference_steps": 101}, "invalid_num_inference_steps"),
+        ({"description": "a", "num_inference_steps": True}, "invalid_num_inference_steps"),
+        ({"description": "a", "guidance_scale": -1}, "invalid_guidance_scale"),
+        ({"description": "a", "guidance_scale": "nan"}, "invalid_guidance_scale"),
+        ({"description": "a", "guidance_scale": 30.5}, "invalid_guidance_scale"),
+        ({"description": "a", "negative_prompt": "n" * 1001}, "negative_prompt_too_long"),
+        ({"description": "a", "seed": -1}, "invalid_seed"),
+        ({"description": "a", "seed": 2**32}, "invalid_seed"),
+    ],
+)
+def test_generate_validation(generating_app, api, data_dir, payload, code):
+    response = generating_app().test_client().post("/generate", json=payload)
+    assert response.status_code == 400
+    assert response.get_json()["code"] == code
+    field = code.removeprefix("missing_").removeprefix("invalid_").removesuffix("_too_long")
+    assert f"'{field}'" in response.get_json()["error"]
+    assert api.requests == []
+    assert stored_files(data_dir) == []
+
+
+def test_no_key_configured(generating_app, data_dir):
+    response = generating_app(keys=[]).test_client().post("/generate", json={"description": "a cat"})
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "error": "no Hugging Face API key configured: set HF_API_KEYS or HF_API_KEYS_FILE", "code": "no_api_key"}
+    assert stored_files(data_dir) == []
+
+
+def test_every_key_resting_gives_retry_after(generating_app, api, data_dir):
+    api.script = {KEYS[0]: [("429", {"Retry-After": "90"})], KEYS[1]: [("429", {"Retry-After": "40"})]}
+    response = generating_app().test_client().post("/generate", json={"description": "a cat"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "40"
+    assert response.get_json()["code"] == "all_keys_busy" and "40 s" in response.get_json()["error"]
+    assert stored_files(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    "behaviour, status, code",
+    [("400", 400, "generation_rejected"), ("410", 502, "upstream_rejected"), ("html", 502, "upstream_error"),
+     ("truncated", 502, "upstream_error"), ("500", 502, "upstream_error"), ("hang", 504, "upstream_timeout")],
+)
+def test_upstream_failures_save_nothing(generating_app, api, data_dir, behaviour, status, code):
+    api.script = {key: [behaviour] for key in KEYS}
+    response = generating_app().test_client().post("/generate", json={"description": "a cat"})
+    assert response.status_code == status and response.get_json()["code"] == code
+    assert stored_files(data_dir) == []
+
+
+def test_keys_appear_nowhere(generating_app, api, data_dir, caplog):
+    api.script = {KEYS[0]: ["401"], KEYS[1]: ["echo-key", "ok"]}
+    app = generating_app()
+    client = app.test_client()
+    with caplog.at_level(logging.DEBUG):
+        texts = [client.post("/generate", json={"description": "a cat"}).get_data(as_text=True) for _ in range(2)]
+        texts.append(client.get("/healthz").get_data(as_text=True))
+        texts.append(client.get("/history").get_data(as_text=True))
+    texts.append((data_dir / "history.json").read_text())
+    texts.append(caplog.text)
+    for key in KEYS:
+        assert all(key not in text for text in texts)
+    keys = client.get("/healthz").get_json()["keys"]
+    assert keys == [{"key": "hf_…1111", "state": "disabled", "reason": "invalid or expired (401)"},
+                    {"key": "hf_…2222", "state": "active"}]
+
+
+def test_healthz_shows_when_a_cooling_key_returns(generating_app, api, clock):
+    api.script = {KEYS[0]: [("429", {"Retry-After": "90"})]}
+    client = generating_app().test_client()
+    client.post("/generate", json={"description": "a cat"})
+    clock.now += 30
+    keys = client.get("/healthz").get_json()["keys"]
+    assert keys[0] == {"key": "hf_…1111", "state": "cooling", "reason": "rate limited (429)", "retry_in_seconds": 60}
+
+
+def test_keys_come_from_the_file_before_the_environment(make_app, tmp_path, api):
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("# production\nhf_fileAAAAAAAAAAA9999\n\n")
+    app = make_app(HF_API_KEYS="hf_envAAAAAAAAAAAA8888", HF_API_KEYS_FILE=str(keys_file),
+                   HF_INFERENCE_URL=api.url, SD_MODEL="some/model")
+    response = app.test_client().post("/generate", json={"description": "a cat"})
+    assert response.status_code == 201
+    assert api.keys_used() == ["hf_fileAAAAAAAAAAA9999"]
+    assert api.requests[0]["path"] == "/models/some/model"
