@@ -1,0 +1,98 @@
+"""The JSON API: each view reads the request, calls the gallery once, and shapes the answer."""
+
+import base64
+
+from flask import Blueprint, current_app, jsonify, request, send_from_directory
+
+import fields
+import gallery
+from errors import InvalidInput
+from gallery import service
+
+bp = Blueprint("api", __name__)
+
+PAGE_LIMIT = 200
+DEMO_NOTICE = "demo models with random weights: captions and answers are meaningless"
+
+
+def request_fields():
+    """The request's fields: a JSON object body, or form fields."""
+    if not request.is_json:
+        return request.form
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("the body is not a JSON object: send fields as {\"name\": \"value\", ...}",
+                           code="invalid_json")
+    return body
+
+
+def with_image(view: dict, data: bytes) -> dict:
+    """A view with the image itself, base64-encoded."""
+    return {**view, "image": base64.b64encode(data).decode("ascii")}
+
+
+@bp.post("/upload")
+def upload():
+    record, picture = gallery.upload(request.files.get("image"), request.form)
+    return jsonify(with_image(gallery.image_view(record), picture.data)), 201
+
+
+@bp.post("/question")
+def question():
+    record, answer = gallery.ask(request_fields())
+    entry = record["questions"][-1]
+    return jsonify(image_id=record["image_id"], question=entry["question"], answer=answer,
+                   caption=record["caption"], history=record["questions"])
+
+
+@bp.post("/generate")
+def generate():
+    record, image = gallery.generate(request_fields())
+    return jsonify(with_image(gallery.generation_view(record), image.data)), 201
+
+
+@bp.get("/history")
+def history():
+    limit = fields.number(request.args, "limit", low=1, high=PAGE_LIMIT, default=50)
+    offset = fields.number(request.args, "offset", low=0, high=10**9, default=0)
+    return jsonify(gallery.history_page(limit, offset))
+
+
+@bp.get("/images/<image_id>")
+def image(image_id):
+    return jsonify(gallery.image_view(service("history").image(image_id)))
+
+
+@bp.get("/generations/<generation_id>")
+def generation(generation_id):
+    return jsonify(gallery.generation_view(service("history").generation(generation_id)))
+
+
+@bp.get("/uploads/<name>")
+def uploaded_file(name):
+    return send_from_directory(current_app.config["UPLOAD_FOLDER"], name)
+
+
+@bp.get("/generated/<name>")
+def generated_file(name):
+    return send_from_directory(current_app.config["GENERATED_FOLDER"], name)
+
+
+@bp.get("/healthz")
+def healthz():
+    models = {role: model_status(service(role)) for role in ("captioner", "answerer")}
+    ready = all(model["ready"] for model in models.values())
+    body = {"status": "ok" if ready else "unavailable", "models": models,
+            "generation_model": current_app.config["SD_MODEL"], "keys": service("hf_client").status(),
+            "demo": current_app.config["DEMO"]}
+    if current_app.config["DEMO"]:
+        body["notice"] = DEMO_NOTICE
+    return jsonify(body), 200 if ready else 503
+
+
+def model_status(model) -> dict:
+    """What /healthz says of one model."""
+    status = {"name": getattr(model, "name", type(model).__name__), "ready": getattr(model, "ready", True)}
+    if not status["ready"]:
+        status["error"] = model.message
+    return status

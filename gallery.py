@@ -1,0 +1,161 @@
+"""What the assistant keeps for a session: uploaded images with their Q&A, and generations.
+
+Each action validates, calls one model or client, then stores the file and its record together:
+neither stays on disk without the other. The JSON API and the page both call these.
+"""
+
+import os
+import uuid
+from datetime import datetime, timezone
+
+from flask import current_app, session, url_for
+from PIL import Image
+from werkzeug.utils import secure_filename
+
+import fields
+import images
+from errors import InvalidInput, NotFound
+
+MAX_QUESTION = 500
+MAX_PROMPT = 200
+MAX_DESCRIPTION = 1000
+
+
+def service(name: str):
+    """A service the app was built with (captioner, answerer, history, hf_client)."""
+    return current_app.extensions[name]
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def owner() -> str:
+    """The caller's session id; a new session gets one, kept in its signed cookie."""
+    if "owner" not in session:
+        session["owner"] = uuid.uuid4().hex
+        session.permanent = True
+    return session["owner"]
+
+
+def upload(file, form) -> tuple[dict, images.Picture]:
+    """Validate an uploaded file (and an optional caption prompt), caption it, keep it."""
+    if file is None:
+        raise InvalidInput("no image in the request: send the file in the multipart field 'image'",
+                           code="missing_image")
+    images.check_filename(file.filename or "")
+    prompt = fields.text(form, "prompt", max_length=MAX_PROMPT, required=False)
+    config = current_app.config
+    picture = images.read_image(file.stream, max_pixels=config["MAX_IMAGE_PIXELS"], max_bytes=config["MAX_IMAGE_BYTES"])
+    caption = service("captioner").caption(picture.pixels, prompt)
+    image_id = str(uuid.uuid4())
+    record = {
+        "image_id": image_id, "owner": owner(), "filename": image_id + picture.extension,
+        "original_name": secure_filename(file.filename or "")[:100] or None, "mime_type": picture.mime_type,
+        "prompt": prompt, "caption": caption, "created_at": now(), "questions": [],
+    }
+    keep(config["UPLOAD_FOLDER"], record["filename"], picture.data, service("history").add_image, record)
+    return record, picture
+
+
+def ask(fields_given) -> tuple[dict, str]:
+    """Answer a question about a kept image and add it to the image's thread; return the record and answer."""
+    question = fields.text(fields_given, "question", max_length=MAX_QUESTION)
+    image_id = fields.text(fields_given, "image_id", max_length=100)
+    record = service("history").image(image_id)
+    answer = service("answerer").answer(stored_pixels(record), question)
+    record = service("history").add_question(image_id, {"question": question, "answer": answer, "asked_at": now()})
+    return record, answer
+
+
+def generate(fields_given):
+    """Draw an image for a description through the inference API and keep it; return its record and image."""
+    description = fields.text(fields_given, "description", max_length=MAX_DESCRIPTION)
+    parameters = generation_parameters(fields_given)
+    image = service("hf_client").generate(description, parameters)
+    generation_id = str(uuid.uuid4())
+    folder = current_app.config["GENERATED_FOLDER"]
+    record = {
+        "generation_id": generation_id, "owner": owner(), "description": description, "parameters": parameters,
+        "filename": generation_id + image.extension, "mime_type": image.mime_type,
+        "path": shown_path(os.path.join(folder, generation_id + image.extension)), "created_at": now(),
+    }
+    keep(folder, record["filename"], image.data, service("history").add_generation, record)
+    return record, image
+
+
+def generation_parameters(given) -> dict:
+    """The optional text-to-image parameters that were given, checked."""
+    parameters = {
+        "height": fields.number(given, "height", low=256, high=1536, multiple_of=8),
+        "width": fields.number(given, "width", low=256, high=1536, multiple_of=8),
+        "num_inference_steps": fields.number(given, "num_inference_steps", low=1, high=100),
+        "guidance_scale": fields.number(given, "guidance_scale", low=0, high=30, kind=float),
+        "negative_prompt": fields.text(given, "negative_prompt", max_length=MAX_DESCRIPTION, required=False),
+        "seed": fields.number(given, "seed", low=0, high=2**32 - 1),
+    }
+    return {name: value for name, value in parameters.items() if value is not None}
+
+
+def keep(folder: str, filename: str, data: bytes, add_record, record: dict) -> None:
+    """Store the file, then its record; remove the file if the record could not be written."""
+    path = images.store(folder, filename, data)
+    try:
+        add_record(record)
+    except BaseException:
+        images.remove(path)
+        raise
+
+
+def stored_pixels(record: dict) -> Image.Image:
+    """The stored image of a record, decoded to RGB."""
+    path = os.path.join(current_app.config["UPLOAD_FOLDER"], record["filename"])
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise NotFound(f"the file of image '{record['image_id']}' is gone from the upload folder: "
+                       "upload the image again", code="image_file_missing") from None
+
+
+def shown_path(path: str) -> str:
+    """A saved file's path relative to the app folder, or absolute when it lies outside it."""
+    relative = os.path.relpath(path, current_app.root_path)
+    return path if relative.startswith("..") else relative
+
+
+def image_view(record: dict) -> dict:
+    """An image record as the API shows it."""
+    return {
+        "image_id": record["image_id"],
+        "caption": record["caption"],
+        "prompt": record.get("prompt"),
+        "original_name": record.get("original_name"),
+        "mime_type": record["mime_type"],
+        "image_url": url_for("api.uploaded_file", name=record["filename"]),
+        "created_at": record["created_at"],
+        "questions": record["questions"],
+    }
+
+
+def generation_view(record: dict) -> dict:
+    """A generation record as the API shows it."""
+    return {
+        "generation_id": record["generation_id"],
+        "description": record["description"],
+        "parameters": record["parameters"],
+        "mime_type": record["mime_type"],
+        "path": record["path"],
+        "image_url": url_for("api.generated_file", name=record["filename"]),
+        "created_at": record["created_at"],
+    }
+
+
+def history_page(limit: int, offset: int) -> dict:
+    """One page of the caller's images and generations, newest first, with their totals."""
+    mine, total = service("history").list("images", owner(), limit, offset)
+    made, total_made = service("history").list("generations", owner(), limit, offset)
+    return {"images": [image_view(record) for record in mine], "total_images": total,
+            "generations": [generation_view(record) for record in made], "total_generations": total_made,
+            "limit": limit, "offset": offset}
