@@ -6,13 +6,13 @@ from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
 import fields
 import gallery
+import pages
 from errors import InvalidInput
 from gallery import service
 
 bp = Blueprint("api", __name__)
 
 PAGE_LIMIT = 200
-DEMO_NOTICE = "demo models with random weights: captions and answers are meaningless"
 
 
 def request_fields():
@@ -86,7 +86,7 @@ def healthz():
             "generation_model": current_app.config["SD_MODEL"], "keys": service("hf_client").status(),
             "demo": current_app.config["DEMO"]}
     if current_app.config["DEMO"]:
-        body["notice"] = DEMO_NOTICE
+        body["notice"] = pages.DEMO_NOTICE
     return jsonify(body), 200 if ready else 503
 
 

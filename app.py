@@ -9,7 +9,7 @@ import os
 import secrets
 import tempfile
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import settings
@@ -17,6 +17,11 @@ from errors import AppError
 from history import History
 
 log = logging.getLogger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 HTTP_ERRORS = {
     400: ("bad_request", "the request could not be read: check its fields and body"),
@@ -51,6 +56,7 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
     os.makedirs(app.config["UPLOAD_FOLDER"], exist_ok=True)
 
     register_errors(app)
+    register_security(app)
     register_routes(app)
     return app
 
@@ -132,9 +138,25 @@ def register_errors(app: Flask) -> None:
                               "something went wrong on the server and it was logged: try again, "
                               "and report it if it keeps happening")
 
+
+
+def register_security(app: Flask) -> None:
+    """Refuse cross-site posts; send the content security policy and nosniff with every response."""
+
+    @app.before_request
+    def same_origin_posts_only():
+        # Browsers send Origin with every cross-site POST; curl and scripts send none.
+        origin = request.headers.get("Origin")
+        if request.method == "POST" and origin is not None and origin != request.host_url.rstrip("/"):
+            return error_response(403, "cross_origin",
+                                  "this request came from another site: use the page or the API directly")
+        return None
+
     @app.after_request
-    def no_sniffing(response):
+    def security_headers(response):
         response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response.headers["Referrer-Policy"] = "same-origin"
         return response
 
 
@@ -149,14 +171,12 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 
 def register_routes(app: Flask) -> None:
-    """The page and the JSON API."""
+    """The JSON API and the page."""
     import api
+    import pages
 
     app.register_blueprint(api.bp)
-
-    @app.get("/")
-    def index():
-        return render_template("index.html", demo=app.config["DEMO"], demo_notice=api.DEMO_NOTICE)
+    app.register_blueprint(pages.bp)
 
 
 def __getattr__(name: str):

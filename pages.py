@@ -1,0 +1,81 @@
+"""The browser page, and the plain form posts that make it work without JavaScript."""
+
+import hmac
+import secrets
+
+from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
+
+import fields
+import gallery
+from errors import AppError, InvalidInput
+from gallery import service
+
+bp = Blueprint("pages", __name__)
+
+GALLERY_PAGE = 12
+DEMO_NOTICE = "demo models with random weights: captions and answers are meaningless"
+
+
+def csrf_token() -> str:
+    """The session's token for the page's form posts, made on first use."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def check_csrf() -> None:
+    """Refuse a form post without the session's token."""
+    sent = request.form.get("csrf_token", "")
+    if not hmac.compare_digest(sent, session.get("csrf", "")):
+        raise InvalidInput("the form has expired or did not come from this site: reload the page and try again",
+                           code="csrf_failed")
+
+
+@bp.app_context_processor
+def page_globals():
+    return {"csrf_token": csrf_token, "demo": current_app.config["DEMO"], "demo_notice": DEMO_NOTICE}
+
+
+@bp.errorhandler(AppError)
+def form_error(error: AppError):
+    # A plain form post shows the message on a page, not as JSON.
+    return render_template("error.html", message=error.message), error.status, error.headers
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def form_too_large(error: RequestEntityTooLarge):
+    limit = current_app.config["MAX_IMAGE_BYTES"] // (1024 * 1024)
+    return render_template("error.html", message=f"the file is too large: images may be at most {limit} MB"), 413
+
+
+@bp.get("/")
+def index():
+    shown = fields.number(request.args, "shown", low=GALLERY_PAGE, high=1000, default=GALLERY_PAGE)
+    return render_template("index.html", history=gallery.history_page(shown, 0), page_size=GALLERY_PAGE)
+
+
+@bp.get("/page/images/<image_id>")
+def image_page(image_id):
+    return render_template("image.html", image=gallery.image_view(service("history").image(image_id)))
+
+
+@bp.post("/page/upload")
+def upload_form():
+    check_csrf()
+    record, _ = gallery.upload(request.files.get("image"), request.form)
+    return redirect(url_for("pages.image_page", image_id=record["image_id"]), 303)
+
+
+@bp.post("/page/question")
+def question_form():
+    check_csrf()
+    record, _ = gallery.ask(request.form)
+    return redirect(url_for("pages.image_page", image_id=record["image_id"], _anchor="latest"), 303)
+
+
+@bp.post("/page/generate")
+def generate_form():
+    check_csrf()
+    record, _ = gallery.generate(request.form)
+    return render_template("generated.html", generation=gallery.generation_view(record)), 201

@@ -1,0 +1,273 @@
+"""The page in a real browser: Playwright driving Debian's Chromium against the app on 127.0.0.1."""
+
+import io
+import os
+import shutil
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from conftest import FakeAnswerer, FakeCaptioner, image_bytes
+from fake_hf import FakeInferenceAPI
+from hf_client import HFClient
+from test_images import png_header_only
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("Chromium is missing: `make test` installs Debian's chromium package")
+    pytest.skip("Chromium is not installed (make test installs it)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402  (after the Chromium check)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def fake_api():
+    api = FakeInferenceAPI()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def serve(make_app, fake_api):
+    """Serve an app built by make_app on 127.0.0.1; return its base URL."""
+    servers = []
+
+    def start(captioner=None, answerer=None, keys=("hf_browserAAAAAAAA1111",)):
+        app = make_app(captioner, answerer)
+        app.extensions["hf_client"] = HFClient(list(keys), fake_api.url, "test/sd", timeout=5)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser page that records console errors, page errors and CSP violations."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    page.problems = []
+    page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
+    page.on("pageerror", lambda error: page.problems.append(str(error)))
+    page.add_init_script("document.addEventListener('securitypolicyviolation',"
+                         " e => console.error('CSP violation: ' + e.violatedDirective))")
+    yield page
+    context.close()
+
+
+def shot(page, name):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"), full_page=True)
+
+
+def files(path, data):
+    path.write_bytes(data)
+    return str(path)
+
+
+def upload_through_page(page, path):
+    page.set_input_files("#image-input", path)
+    with page.expect_response("**/upload") as answer:
+        page.click("#upload-form button")
+    return answer.value
+
+
+def ask_through_page(page, question):
+    page.fill("#question-input", question)
+    with page.expect_response("**/question") as answer:
+        page.press("#question-input", "Enter")
+    return answer.value.json()
+
+
+def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_path):
+    base = serve(*tiny_models)
+    page.goto(base + "/")
+    shot(page, "01-empty")
+    photo = files(tmp_path / "photo.png", image_bytes(size=(120, 90), color=(200, 60, 60)))
+    page.set_input_files("#image-input", photo)
+    expect(page.locator("#preview")).to_be_visible()
+    with page.expect_response("**/upload") as answer:
+        page.click("#upload-form button")
+    caption = answer.value.json()["caption"]
+    expect(page.locator("#current-caption")).to_have_text(caption)
+    expect(page.locator("#current-image")).to_have_attribute("alt", caption)
+    expect(page.locator("#question-input")).to_be_focused()
+
+    first = ask_through_page(page, "what is in the picture?")
+    second = ask_through_page(page, "what color is it?")
+    thread = page.locator("#thread li")
+    expect(thread).to_have_count(2)
+    expect(thread.nth(0).locator(".question")).to_have_text("what is in the picture?")
+    expect(thread.nth(0).locator(".answer")).to_have_text(first["answer"])
+    expect(thread.nth(1).locator(".question")).to_have_text("what color is it?")
+    expect(thread.nth(1).locator(".answer")).to_have_text(second["answer"])
+    expect(page.locator("#question-input")).to_be_focused()
+    shot(page, "02-caption-and-thread")
+
+    page.fill("#description-input", "a lighthouse at dusk")
+    page.fill("#width-input", "512")
+    page.click("summary")
+    page.fill("#seed-input", "42")
+    with page.expect_response("**/generate") as generated:
+        page.click("#generate-form button")
+    body = generated.value.json()
+    expect(page.locator("#generated-image")).to_be_visible()
+    expect(page.locator("#generated-path")).to_have_text(body["path"])
+    expect(page.locator("#generated-download")).to_have_attribute("href", body["image_url"])
+    shot(page, "03-generated")
+
+    page.reload()
+    expect(page.locator("#image-gallery li")).to_have_count(1)
+    expect(page.locator("#generation-gallery li img")).to_have_attribute("alt", "a lighthouse at dusk")
+    expect(page.locator("#image-panel")).to_be_hidden()
+    page.click("#image-gallery a")
+    expect(page.locator("#current-caption")).to_have_text(caption)
+    expect(page.locator("#thread li")).to_have_count(2)
+    shot(page, "04-history-reopened")
+    assert page.problems == []
+
+
+def test_load_more_pages_the_gallery(page, serve, tmp_path):
+    base = serve()
+    photo = files(tmp_path / "a.png", image_bytes())
+    page.goto(base + "/")
+    for _ in range(14):
+        upload_through_page(page, photo)
+    page.reload()
+    expect(page.locator("#image-gallery li")).to_have_count(12)
+    page.click("a.more[data-kind=images]")
+    expect(page.locator("#image-gallery li")).to_have_count(14)
+    expect(page.locator("a.more[data-kind=images]")).to_have_count(0)
+    assert page.problems == []
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.png", b"this is a text file, not a picture", "not a readable PNG or JPEG image"),
+        ("huge.png", png_header_only(20000, 20000), "more than the limit of 40,000,000 pixels"),
+    ],
+)
+def test_the_servers_upload_error_is_shown_beside_the_form(page, serve, tmp_path, name, data, message):
+    page.goto(serve() + "/")
+    answer = upload_through_page(page, files(tmp_path / name, data))
+    assert answer.json()["error"] in page.locator("#upload-form .error").inner_text()
+    expect(page.locator("#upload-form .error")).to_contain_text(message)
+    expect(page.locator("#upload-form button")).to_be_enabled()
+    shot(page, f"05-upload-error-{name}")
+
+
+def test_a_file_over_16_mb_is_stopped_before_sending(page, serve, tmp_path):
+    page.goto(serve() + "/")
+    sent = []
+    page.on("request", lambda request: request.url.endswith("/upload") and sent.append(request))
+    page.set_input_files("#image-input", files(tmp_path / "big.jpg", b"\xff\xd8" + b"\0" * (17 * 1024 * 1024)))
+    page.click("#upload-form button")
+    expect(page.locator("#upload-form .error")).to_contain_text("larger than 16 MB")
+    assert sent == []
+
+
+def test_a_503_from_generate_is_shown(page, serve):
+    page.goto(serve(keys=()) + "/")
+    page.fill("#description-input", "a cat")
+    page.click("#generate-form button")
+    expect(page.locator("#generate-form .error")).to_have_text(
+        "no Hugging Face API key configured: set HF_API_KEYS or HF_API_KEYS_FILE")
+    shot(page, "06-generate-error")
+
+
+def test_markup_in_captions_and_questions_is_shown_as_text(page, serve, tmp_path):
+    class MarkupCaptioner(FakeCaptioner):
+        def caption(self, image, prompt=None):
+            return "<script>window.pwned = 1</script><img src=x onerror=window.pwned=2>"
+
+    base = serve(captioner=MarkupCaptioner())
+    page.goto(base + "/")
+    upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
+    expect(page.locator("#current-caption")).to_have_text(MarkupCaptioner().caption(None))
+    ask_through_page(page, "<script>window.pwned = 3</script>?")
+    expect(page.locator("#thread .question")).to_have_text("<script>window.pwned = 3</script>?")
+    page.reload()
+    expect(page.locator("#image-gallery span")).to_have_text(MarkupCaptioner().caption(None))
+    page.click("#image-gallery a")
+    expect(page.locator("#thread .question")).to_have_text("<script>window.pwned = 3</script>?")
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("#image-gallery img[src=x]").count() == 0
+
+
+def test_keyboard_only(page, serve, tmp_path):
+    page.goto(serve() + "/")
+    photo = files(tmp_path / "k.png", image_bytes())
+    page.keyboard.press("Tab")  # the title link
+    page.keyboard.press("Tab")
+    expect(page.locator("#image-input")).to_be_focused()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(photo)
+    page.keyboard.press("Tab")
+    expect(page.locator("#prompt-input")).to_be_focused()
+    page.keyboard.press("Tab")
+    with page.expect_response("**/upload"):
+        page.keyboard.press("Enter")
+    expect(page.locator("#question-input")).to_be_focused()
+    page.keyboard.type("is it red?")
+    with page.expect_response("**/question"):
+        page.keyboard.press("Enter")
+    expect(page.locator("#thread li")).to_have_count(1)
+    while not page.evaluate("document.activeElement.id === 'description-input'"):
+        page.keyboard.press("Tab")
+    page.keyboard.type("a boat")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator("#steps-input")).to_be_focused()
+    with page.expect_response("**/generate"):
+        page.keyboard.press("Enter")
+    expect(page.locator("#generated-image")).to_be_visible()
+    assert page.problems == []
+
+
+def test_phone_width_has_no_horizontal_scroll(browser, serve, tiny_models, tmp_path):
+    context = browser.new_context(viewport={"width": 375, "height": 800}, is_mobile=True)
+    page = context.new_page()
+    page.goto(serve(*tiny_models) + "/")
+    upload_through_page(page, files(tmp_path / "wide.png", image_bytes(size=(1600, 400))))
+    ask_through_page(page, "a long question " * 10)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    shot(page, "07-phone")
+    context.close()
+
+
+def test_without_javascript_upload_and_question_still_work(browser, serve, tmp_path):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(serve() + "/")
+    page.set_input_files("#image-input", files(tmp_path / "plain.png", image_bytes()))
+    page.click("#upload-form button")
+    expect(page.locator("#current-caption")).to_have_text("a fake caption")
+    page.fill("#question-input", "plain question?")
+    page.click("#question-form button")
+    expect(page.locator("#thread .question")).to_have_text("plain question?")
+    expect(page.locator("#thread .answer")).to_have_text("a fake answer")
+    shot(page, "08-no-javascript")
+    page.goto(page.url.split("/page/")[0] + "/")
+    expect(page.locator("#image-gallery li")).to_have_count(1)
+    context.close()

@@ -1,0 +1,92 @@
+"""The page's server side: CSRF, the Origin check, the security headers and the plain form posts."""
+
+import io
+import re
+
+import pytest
+
+from conftest import FakeCaptioner, image_bytes, stored_files
+
+
+def token(client) -> str:
+    page = client.get("/").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def test_the_page_has_a_strict_content_security_policy(make_app):
+    response = make_app().test_client().get("/")
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "img-src 'self' data:" in policy
+    assert "unsafe-inline" not in policy
+    page = response.get_data(as_text=True)
+    assert "<script>" not in page and "style=" not in page and " on" + "click" not in page
+
+
+def test_form_upload_redirects_to_the_image_page(make_app):
+    client = make_app().test_client()
+    response = client.post("/page/upload", data={"csrf_token": token(client),
+                                                 "image": (io.BytesIO(image_bytes()), "a.png")})
+    assert response.status_code == 303
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "a fake caption" in page
+    asked = client.post("/page/question", data={"csrf_token": token(client), "question": "why <b>?",
+                                                "image_id": response.headers["Location"].rsplit("/", 1)[1]})
+    assert asked.status_code == 303
+    page = client.get(asked.headers["Location"]).get_data(as_text=True)
+    assert "why &lt;b&gt;?" in page and "a fake answer" in page
+
+
+@pytest.mark.parametrize("path", ["/page/upload", "/page/question", "/page/generate"])
+def test_form_posts_without_the_token_are_refused(make_app, data_dir, path):
+    captioner = FakeCaptioner()
+    client = make_app(captioner=captioner).test_client()
+    token(client)
+    response = client.post(path, data={"csrf_token": "forged", "image": (io.BytesIO(image_bytes()), "a.png"),
+                                       "question": "q", "image_id": "x", "description": "d"})
+    assert response.status_code == 400
+    assert "did not come from this site" in response.get_data(as_text=True)
+    assert response.mimetype == "text/html"
+    assert captioner.calls == [] and stored_files(data_dir) == []
+
+
+def test_form_errors_render_a_page_with_the_message(make_app, data_dir):
+    client = make_app().test_client()
+    response = client.post("/page/upload", data={"csrf_token": token(client),
+                                                 "image": (io.BytesIO(b"not an image"), "a.png")})
+    assert response.status_code == 400 and response.mimetype == "text/html"
+    assert "not a readable PNG or JPEG image" in response.get_data(as_text=True)
+    assert stored_files(data_dir) == []
+
+
+@pytest.mark.parametrize("path", ["/upload", "/question", "/generate", "/page/upload"])
+def test_cross_site_posts_are_refused(make_app, data_dir, path):
+    captioner = FakeCaptioner()
+    client = make_app(captioner=captioner).test_client()
+    response = client.post(path, headers={"Origin": "https://evil.example"},
+                           data={"image": (io.BytesIO(image_bytes()), "a.png")})
+    assert response.status_code == 403 and response.get_json()["code"] == "cross_origin"
+    assert captioner.calls == [] and stored_files(data_dir) == []
+
+
+def test_same_origin_and_originless_posts_pass(make_app):
+    client = make_app().test_client()
+    same = client.post("/upload", headers={"Origin": "http://localhost"},
+                       data={"image": (io.BytesIO(image_bytes()), "a.png")})
+    plain = client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "a.png")})
+    assert same.status_code == 201 and plain.status_code == 201
+
+
+def test_unknown_image_page_is_a_404_page(make_app):
+    response = make_app().test_client().get("/page/images/nope")
+    assert response.status_code == 404 and "no image with id" in response.get_data(as_text=True)
+
+
+def test_the_gallery_escapes_captions(make_app):
+    class MarkupCaptioner(FakeCaptioner):
+        def caption(self, image, prompt=None):
+            return "<script>alert(1)</script>"
+
+    client = make_app(captioner=MarkupCaptioner()).test_client()
+    client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "<b>name</b>.png")})
+    page = client.get("/").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
