@@ -219,8 +219,8 @@ def test_keyboard_only(page, serve, tmp_path):
     page.keyboard.press("Tab")  # the title link
     page.keyboard.press("Tab")
     expect(page.locator("#image-input")).to_be_focused()
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
+    with page.expect_file_chooser(timeout=5000) as chooser:
+        page.keyboard.press("Space")
     chooser.value.set_files(photo)
     page.keyboard.press("Tab")
     expect(page.locator("#prompt-input")).to_be_focused()
