@@ -1,14 +1,25 @@
-"""BLIP wrappers: Captioner and Answerer. Plain values in and out; no Flask inside."""
+"""BLIP wrappers: Captioner and Answerer. Plain values in and out; no Flask inside.
+
+Each splits its work where the image stops mattering, so that what depends on the image alone
+can be computed once and reused: the vision embedding for captions, and for questions the VQA
+vision embedding together with the text encoder's cross-attention keys and values over it.
+The calls are the ones BlipForConditionalGeneration.generate and BlipForQuestionAnswering.generate
+make, in the same order, so in fp32 the tokens equal theirs.
+"""
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -16,6 +27,23 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            flags = set(next((line for line in file if line.startswith("flags")), "").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def pick_dtype(device: torch.device, fast: bool) -> torch.dtype:
+    """fp32 on the CPU unless fast is asked and the CPU does bf16 natively; fp16 on a GPU."""
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if fast and cpu_has_fast_bf16() else torch.float32
 
 
 class BlipModel:
@@ -31,22 +59,31 @@ class BlipModel:
         self.generation = dict(generation or {})
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
+        self.text_config = model.config.text_config
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str = "auto", generation: dict | None = None):
-        """Load a hub id or a local directory: fp16 on a GPU, fp32 on the CPU."""
+    def from_pretrained(cls, name: str, device: str = "auto", generation: dict | None = None, fast: bool = False):
+        """Load a hub id or a local directory: fp16 on a GPU, fp32 on the CPU (bf16 if fast and native)."""
         target = pick_device(device)
-        dtype = torch.float16 if target.type == "cuda" else torch.float32
         processor = BlipProcessor.from_pretrained(name)
-        model = cls.model_class.from_pretrained(name, dtype=dtype).to(target)
+        model = cls.model_class.from_pretrained(name, dtype=pick_dtype(target, fast)).to(target)
         return cls(model, processor, name=name, generation=generation)
 
-    def _generate(self, image: Image.Image, text: str | None) -> str:
-        inputs = self.processor(images=image, text=text, return_tensors="pt").to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+    def embed(self, images: list[Image.Image]) -> torch.Tensor:
+        """The vision model's embeddings of a batch of images: (batch, image tokens, hidden)."""
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
-            tokens = self.model.generate(**inputs, **self.generation)
-        return self.processor.decode(tokens[0], skip_special_tokens=True).strip()
+            return self.model.vision_model(pixel_values=pixels.to(self.device, self.dtype))[0]
+
+    def _decode(self, prompt_ids: torch.Tensor, attention_mask, encoder_states: torch.Tensor) -> list[str]:
+        """The text decoder's generation over encoder states, decoded to text."""
+        mask = torch.ones(encoder_states.shape[:-1], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            tokens = self.model.text_decoder.generate(
+                input_ids=prompt_ids, attention_mask=attention_mask,
+                eos_token_id=self.text_config.sep_token_id, pad_token_id=self.text_config.pad_token_id,
+                encoder_hidden_states=encoder_states, encoder_attention_mask=mask, **self.generation)
+        return [text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 
 class Captioner(BlipModel):
@@ -56,7 +93,35 @@ class Captioner(BlipModel):
 
     def caption(self, image: Image.Image, prompt: str | None = None) -> str:
         """A caption of the image; with a prompt, its continuation (the prompt kept at the front)."""
-        return self._generate(image, prompt or None)
+        return self.caption_batch([image], prompt)[0]
+
+    def caption_batch(self, images: list[Image.Image], prompt: str | None = None) -> list[str]:
+        """Captions of several images that share one prompt (or none), computed as one batch."""
+        embeds = self.embed(images)
+        count = len(images)
+        if prompt:
+            # As BlipForConditionalGeneration.generate: [CLS] becomes the decoder's BOS, the final [SEP] goes.
+            tokens = self.processor.tokenizer([prompt] * count, return_tensors="pt").to(self.device)
+            prompt_ids = tokens["input_ids"].clone()
+            prompt_ids[:, 0] = self.text_config.bos_token_id
+            return self._decode(prompt_ids[:, :-1], tokens["attention_mask"][:, :-1], embeds)
+        prompt_ids = torch.full((count, 1), self.text_config.bos_token_id, dtype=torch.long, device=self.device)
+        return self._decode(prompt_ids, None, embeds)
+
+
+@dataclass
+class ImageContext:
+    """What a question needs of one image: the VQA vision embedding and, for each text encoder
+    layer, its cross-attention keys and values over that embedding."""
+
+    embeds: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.embeds, *self.keys, *self.values]
+        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 class Answerer(BlipModel):
@@ -66,7 +131,45 @@ class Answerer(BlipModel):
 
     def answer(self, image: Image.Image, question: str) -> str:
         """A short answer to a question about the image."""
-        return self._generate(image, question)
+        return self.answer_batch(self.contexts([image]), [question])[0]
+
+    def contexts(self, images: list[Image.Image]) -> list[ImageContext]:
+        """Each image's context for questions: computed once, reusable for any question."""
+        embeds = self.embed(images)
+        keys, values = [], []
+        with torch.inference_mode():
+            for layer in self.model.text_encoder.encoder.layer:
+                attention = layer.crossattention.self
+                shape = (*embeds.shape[:-1], -1, attention.attention_head_size)
+                keys.append(attention.key(embeds).view(shape).transpose(1, 2))
+                values.append(attention.value(embeds).view(shape).transpose(1, 2))
+        return [
+            ImageContext(embeds[i : i + 1], [k[i : i + 1] for k in keys], [v[i : i + 1] for v in values])
+            for i in range(len(images))
+        ]
+
+    def question_length(self, question: str) -> int:
+        """The question's length in tokens: questions of one length batch without padding."""
+        return len(self.processor.tokenizer(question)["input_ids"])
+
+    def answer_batch(self, contexts: list[ImageContext], questions: list[str]) -> list[str]:
+        """Answers to questions of one token length, each about its own image context."""
+        tokens = self.processor.tokenizer(questions, return_tensors="pt").to(self.device)
+        embeds = torch.cat([context.embeds for context in contexts])
+        cross = DynamicCache()
+        for index in range(len(contexts[0].keys)):
+            cross.update(torch.cat([context.keys[index] for context in contexts]),
+                         torch.cat([context.values[index] for context in contexts]), index)
+        image_mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            # The cross-attention keys and values come from the cache, marked as already computed.
+            question_states = self.model.text_encoder(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                encoder_hidden_states=embeds, encoder_attention_mask=image_mask,
+                past_key_values=EncoderDecoderCache(DynamicCache(), cross), return_dict=False)[0]
+        start = torch.full((len(questions), 1), self.model.decoder_start_token_id, dtype=torch.long,
+                           device=self.device)
+        return self._decode(start, None, question_states)
 
 
 class UnavailableModel:
@@ -87,10 +190,10 @@ class UnavailableModel:
         raise ModelUnavailable(self.message)
 
 
-def load(kind: type[BlipModel], name: str, setting: str, device: str, generation: dict):
+def load(kind: type[BlipModel], name: str, setting: str, device: str, generation: dict, fast: bool = False):
     """Load a model, or an UnavailableModel that explains the failure; the server starts either way."""
     try:
-        model = kind.from_pretrained(name, device, generation)
+        model = kind.from_pretrained(name, device, generation, fast)
     except Exception as error:  # any failure to load leaves the server up, with the reason on record
         message = (
             f"the model '{name}' could not be loaded ({type(error).__name__}): point {setting} at a "
