@@ -83,6 +83,7 @@ def healthz():
     models = {role: model_status(service(role)) for role in ("captioner", "answerer")}
     ready = all(model["ready"] for model in models.values())
     body = {"status": "ok" if ready else "unavailable", "models": models,
+            "queue": service("models").status(),
             "generation_model": current_app.config["SD_MODEL"], "keys": service("hf_client").status(),
             "demo": current_app.config["DEMO"]}
     if current_app.config["DEMO"]:

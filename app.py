@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 import settings
 from errors import AppError
 from history import History
+from model_service import ModelService
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
         answerer = answerer or loaded_answerer
     app.extensions["captioner"] = captioner
     app.extensions["answerer"] = answerer
+    app.extensions["models"] = ModelService(
+        captioner, answerer, cache_bytes=app.config["CACHE_MAX_MB"] << 20, max_batch=app.config["MAX_BATCH"],
+        batch_wait=app.config["BATCH_WAIT_MS"] / 1000, max_queue=app.config["MAX_QUEUE"],
+        timeout=app.config["MODEL_TIMEOUT"])
     app.extensions["hf_client"] = hf_client or build_hf_client(app.config)
     app.extensions["history"] = History(app.config["HISTORY_FILE"])
     os.makedirs(app.config["UPLOAD_FOLDER"], exist_ok=True)
@@ -70,12 +75,12 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
         captioner = models.load(
             models.Captioner, config["CAPTION_MODEL"], "CAPTION_MODEL", config["DEVICE"],
             dict(num_beams=config["CAPTION_NUM_BEAMS"], min_length=config["CAPTION_MIN_LENGTH"],
-                 max_length=config["CAPTION_MAX_LENGTH"]),
+                 max_length=config["CAPTION_MAX_LENGTH"]), config["FAST_MODE"],
         )
     if need_answerer:
         answerer = models.load(
             models.Answerer, config["VQA_MODEL"], "VQA_MODEL", config["DEVICE"],
-            dict(num_beams=config["VQA_NUM_BEAMS"], max_length=config["VQA_MAX_LENGTH"]),
+            dict(num_beams=config["VQA_NUM_BEAMS"], max_length=config["VQA_MAX_LENGTH"]), config["FAST_MODE"],
         )
     return captioner, answerer
 

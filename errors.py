@@ -76,3 +76,17 @@ class KeysUnavailable(AppError):
 
     status = 503
     code = "no_usable_api_key"
+
+
+class ModelBusy(AppError):
+    """The model's queue is full: come back shortly."""
+
+    status = 503
+    code = "model_busy"
+
+
+class ModelTimeout(AppError):
+    """The request waited too long for the model."""
+
+    status = 504
+    code = "model_timeout"

@@ -5,10 +5,13 @@ neither stays on disk without the other. The JSON API and the page both call the
 """
 
 import os
+import select
+import socket
 import uuid
 from datetime import datetime, timezone
+from typing import Callable
 
-from flask import current_app, session, url_for
+from flask import current_app, request, session, url_for
 from PIL import Image
 from werkzeug.utils import secure_filename
 
@@ -39,6 +42,20 @@ def owner() -> str:
     return session["owner"]
 
 
+def client_gone() -> bool:
+    """Whether the caller closed the connection while waiting (gunicorn and werkzeug expose the socket)."""
+    connection = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if connection is None:
+        return False
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except ValueError:  # a TLS socket cannot peek: no way to tell, so the caller is taken to be there
+        return False
+    except OSError:
+        return True
+
+
 def upload(file, form) -> tuple[dict, images.Picture]:
     """Validate an uploaded file (and an optional caption prompt), caption it, keep it."""
     if file is None:
@@ -48,7 +65,7 @@ def upload(file, form) -> tuple[dict, images.Picture]:
     prompt = fields.text(form, "prompt", max_length=MAX_PROMPT, required=False)
     config = current_app.config
     picture = images.read_image(file.stream, max_pixels=config["MAX_IMAGE_PIXELS"], max_bytes=config["MAX_IMAGE_BYTES"])
-    caption = service("captioner").caption(picture.pixels, prompt)
+    caption = service("models").caption(picture.pixels, prompt, client_gone)
     image_id = str(uuid.uuid4())
     record = {
         "image_id": image_id, "owner": owner(), "filename": image_id + picture.extension,
@@ -56,6 +73,7 @@ def upload(file, form) -> tuple[dict, images.Picture]:
         "prompt": prompt, "caption": caption, "created_at": now(), "questions": [],
     }
     keep(config["UPLOAD_FOLDER"], record["filename"], picture.data, service("history").add_image, record)
+    service("models").prepare(image_id, picture.pixels)  # so that even the first question is quick
     return record, picture
 
 
@@ -64,7 +82,7 @@ def ask(fields_given) -> tuple[dict, str]:
     question = fields.text(fields_given, "question", max_length=MAX_QUESTION)
     image_id = fields.text(fields_given, "image_id", max_length=100)
     record = service("history").image(image_id)
-    answer = service("answerer").answer(stored_pixels(record), question)
+    answer = service("models").answer(image_id, stored_image(record), question, client_gone)
     record = service("history").add_question(image_id, {"question": question, "answer": answer, "asked_at": now()})
     return record, answer
 
@@ -108,15 +126,18 @@ def keep(folder: str, filename: str, data: bytes, add_record, record: dict) -> N
         raise
 
 
-def stored_pixels(record: dict) -> Image.Image:
-    """The stored image of a record, decoded to RGB."""
+def stored_image(record: dict) -> Callable[[], Image.Image]:
+    """A loader of a record's stored image as RGB, for the model worker (which has no app context)."""
     path = os.path.join(current_app.config["UPLOAD_FOLDER"], record["filename"])
-    try:
+    if not os.path.exists(path):
+        raise NotFound(f"the file of image '{record['image_id']}' is gone from the upload folder: "
+                       "upload the image again", code="image_file_missing")
+
+    def load() -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except FileNotFoundError:
-        raise NotFound(f"the file of image '{record['image_id']}' is gone from the upload folder: "
-                       "upload the image again", code="image_file_missing") from None
+
+    return load
 
 
 def shown_path(path: str) -> str:

@@ -15,8 +15,6 @@ from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from errors import ModelUnavailable
-
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,21 +171,13 @@ class Answerer(BlipModel):
 
 
 class UnavailableModel:
-    """Stands where a model failed to load: says why, and refuses every call with 503."""
+    """Stands where a model failed to load: not ready, with the reason that requests are refused with."""
 
     ready = False
 
     def __init__(self, name: str, message: str):
         self.name = name
         self.message = message
-
-    def caption(self, image: Image.Image, prompt: str | None = None) -> str:
-        """Refuse: the captioning model is not loaded."""
-        raise ModelUnavailable(self.message)
-
-    def answer(self, image: Image.Image, question: str) -> str:
-        """Refuse: the question answering model is not loaded."""
-        raise ModelUnavailable(self.message)
 
 
 def load(kind: type[BlipModel], name: str, setting: str, device: str, generation: dict, fast: bool = False):

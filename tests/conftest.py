@@ -8,25 +8,36 @@ from app import create_app
 
 
 class FakeCaptioner:
-    """Records each call; answers a fixed caption."""
+    """Records what each image looked like; answers a fixed caption."""
 
     def __init__(self):
         self.calls = []
 
-    def caption(self, image, prompt=None):
-        self.calls.append((image.mode, image.size, prompt))
-        return "a fake caption"
+    def caption_batch(self, images, prompt=None):
+        self.calls += [(image.mode, image.size, prompt) for image in images]
+        return ["a fake caption"] * len(images)
+
+
+class FakeContext:
+    def __init__(self, image):
+        self.image, self.nbytes = image, 1
 
 
 class FakeAnswerer:
-    """Records each call; answers a fixed answer."""
+    """Records what each question's image looked like; answers a fixed answer."""
 
     def __init__(self):
         self.calls = []
 
-    def answer(self, image, question):
-        self.calls.append((image.mode, image.size, question))
-        return "a fake answer"
+    def question_length(self, question):
+        return len(question.split())
+
+    def contexts(self, images):
+        return [FakeContext(image) for image in images]
+
+    def answer_batch(self, contexts, questions):
+        self.calls += [(context.image.mode, context.image.size, q) for context, q in zip(contexts, questions)]
+        return ["a fake answer"] * len(questions)
 
 
 def image_bytes(fmt="PNG", mode="RGB", size=(40, 30), color=None, **save_args) -> bytes:

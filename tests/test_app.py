@@ -218,7 +218,7 @@ def test_http_errors_are_json(make_app, method, path, status, code):
 
 def test_an_unexpected_error_is_logged_and_hidden(make_app, data_dir, caplog):
     class BrokenCaptioner:
-        def caption(self, image, prompt=None):
+        def caption_batch(self, images, prompt=None):
             raise RuntimeError("secret internals")
 
     client = make_app(captioner=BrokenCaptioner()).test_client()

@@ -196,17 +196,17 @@ def test_a_503_from_generate_is_shown(page, serve):
 
 def test_markup_in_captions_and_questions_is_shown_as_text(page, serve, tmp_path):
     class MarkupCaptioner(FakeCaptioner):
-        def caption(self, image, prompt=None):
-            return "<script>window.pwned = 1</script><img src=x onerror=window.pwned=2>"
+        def caption_batch(self, images, prompt=None):
+            return ["<script>window.pwned = 1</script><img src=x onerror=window.pwned=2>"] * len(images)
 
     base = serve(captioner=MarkupCaptioner())
     page.goto(base + "/")
     upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
-    expect(page.locator("#current-caption")).to_have_text(MarkupCaptioner().caption(None))
+    expect(page.locator("#current-caption")).to_have_text(MarkupCaptioner().caption_batch([None])[0])
     ask_through_page(page, "<script>window.pwned = 3</script>?")
     expect(page.locator("#thread .question")).to_have_text("<script>window.pwned = 3</script>?")
     page.reload()
-    expect(page.locator("#image-gallery span")).to_have_text(MarkupCaptioner().caption(None))
+    expect(page.locator("#image-gallery span")).to_have_text(MarkupCaptioner().caption_batch([None])[0])
     page.click("#image-gallery a")
     expect(page.locator("#thread .question")).to_have_text("<script>window.pwned = 3</script>?")
     assert page.evaluate("window.pwned") is None

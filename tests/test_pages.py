@@ -83,8 +83,8 @@ def test_unknown_image_page_is_a_404_page(make_app):
 
 def test_the_gallery_escapes_captions(make_app):
     class MarkupCaptioner(FakeCaptioner):
-        def caption(self, image, prompt=None):
-            return "<script>alert(1)</script>"
+        def caption_batch(self, images, prompt=None):
+            return ["<script>alert(1)</script>"] * len(images)
 
     client = make_app(captioner=MarkupCaptioner()).test_client()
     client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "<b>name</b>.png")})

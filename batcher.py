@@ -1,0 +1,128 @@
+"""Batcher: one worker thread that runs model work in batches, as LitServe, Ray Serve and Triton do.
+
+Jobs of one group (same model, same prompt or question length) queued together run as one batch of
+at most max_batch. Interactive jobs run first, oldest first; background jobs run only after the
+queue has been idle a while, so they never hold up a person waiting. The queue is bounded, and a
+job whose caller gave up is dropped before it runs.
+"""
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """More interactive jobs are waiting than the queue holds."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One unit of model work: run(payloads) computes a whole group's results in one call."""
+
+    run: Callable[[list], list]
+    group: Hashable
+    payload: object
+    queued_at: float
+    background: bool
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Runs submitted jobs on one thread, batching jobs of the same group."""
+
+    def __init__(self, *, max_batch: int = 8, batch_wait: float = 0.005, max_queue: int = 32,
+                 background_idle: float = 0.3, clock: Callable[[], float] = time.monotonic):
+        self.max_batch, self.batch_wait, self.max_queue = max_batch, batch_wait, max_queue
+        self.background_idle = background_idle
+        self.clock = clock
+        self.batch_seconds = 1.0  # a running average, for telling a refused caller when to return
+        self._interactive: deque[Job] = deque()
+        self._background: deque[Job] = deque()
+        self._last_interactive = clock()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="model-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, run: Callable[[list], list], group: Hashable, payload, *, background: bool = False) -> Future:
+        """Queue one job; its future gets the job's own result. QueueFull if the queue is full."""
+        job = Job(run, group, payload, self.clock(), background)
+        with self._changed:
+            if background:
+                self._background.append(job)
+            else:
+                self._drop_cancelled()
+                if len(self._interactive) >= self.max_queue:
+                    raise QueueFull()
+                self._interactive.append(job)
+                self._last_interactive = job.queued_at
+            self._changed.notify()
+        return job.future
+
+    def waiting(self) -> int:
+        """How many interactive jobs are queued."""
+        with self._changed:
+            self._drop_cancelled()
+            return len(self._interactive)
+
+    def retry_after(self) -> int:
+        """Seconds a refused caller should wait: the queue's batches at the average batch time."""
+        batches = self.waiting() / self.max_batch + 1
+        return max(1, round(batches * self.batch_seconds))
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            started = self.clock()
+            try:
+                results = batch[0].run([job.payload for job in batch])
+            except BaseException as error:  # the callers get the error; the worker goes on
+                for job in batch:
+                    job.future.set_exception(error)
+                continue
+            for job, result in zip(batch, results):
+                job.future.set_result(result)
+            with self._changed:
+                self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (self.clock() - started)
+                if not batch[0].background:
+                    # Idle time counts from the end of a person's work, when their next request may follow.
+                    self._last_interactive = self.clock()
+
+    def _take(self) -> list[Job]:
+        """The next batch to run, started (cancelled jobs dropped); waits until there is one."""
+        with self._changed:
+            while True:
+                self._drop_cancelled()
+                if self._interactive:
+                    first = self._interactive[0]
+                    batch = [job for job in self._interactive if job.group == first.group][: self.max_batch]
+                    wait = first.queued_at + self.batch_wait - self.clock()
+                    if len(batch) < self.max_batch and wait > 0:
+                        self._changed.wait(wait)  # a moment for companions arriving together
+                        continue
+                    for job in batch:
+                        self._interactive.remove(job)
+                    started = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                    if started:
+                        return started
+                    continue
+                if self._background:
+                    idle = self._last_interactive + self.background_idle - self.clock()
+                    if idle <= 0:
+                        job = self._background.popleft()
+                        if job.future.set_running_or_notify_cancel():
+                            return [job]
+                        continue
+                    self._changed.wait(idle)
+                    continue
+                self._changed.wait()
+
+    def _drop_cancelled(self) -> None:
+        for queue in (self._interactive, self._background):
+            for job in [job for job in queue if job.future.cancelled()]:
+                queue.remove(job)

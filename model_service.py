@@ -1,0 +1,144 @@
+"""ModelService: the two BLIP models behind one batching worker, with a cache of image contexts.
+
+Requests reach the models only through here. A caption is batched with others of the same prompt; a
+question with others of the same token length (so no padding changes a result). Each image's VQA
+context (vision embedding and cross-attention keys and values) is computed once, right after the
+upload when the worker is idle, kept in an LRU cache bounded in bytes, and recomputed from the
+stored image when it was evicted. No Flask inside.
+"""
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable
+
+from PIL import Image
+
+from batcher import Batcher, QueueFull
+from errors import ModelBusy, ModelTimeout, ModelUnavailable
+
+POLL = 0.1  # seconds between checks that the caller is still there
+
+
+class ContextCache:
+    """A thread-safe LRU of image contexts, bounded by their size in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str):
+        """The context kept for key, now the most recently used; None if there is none."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: str, context) -> None:
+        """Keep a context, dropping the least recently used ones past the bound."""
+        with self._lock:
+            if key in self._items:
+                return
+            if context.nbytes > self.max_bytes:
+                return
+            self._items[key] = context
+            self.bytes += context.nbytes
+            while self.bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self.bytes -= dropped.nbytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class ModelService:
+    """Captions and answers through one batching worker; questions reuse cached image contexts."""
+
+    def __init__(self, captioner, answerer, *, cache_bytes: int = 256 << 20, max_batch: int = 8,
+                 batch_wait: float = 0.005, max_queue: int = 32, timeout: float = 120.0,
+                 background_idle: float = 0.3, clock: Callable[[], float] = time.monotonic):
+        self.captioner, self.answerer = captioner, answerer
+        self.cache = ContextCache(cache_bytes)
+        self.timeout = timeout
+        self.clock = clock
+        self.batcher = Batcher(max_batch=max_batch, batch_wait=batch_wait, max_queue=max_queue,
+                               background_idle=background_idle, clock=clock)
+
+    def caption(self, image: Image.Image, prompt: str | None = None, gave_up: Callable[[], bool] = bool) -> str:
+        """A caption of the image, batched with other captions of the same prompt."""
+        self._check(self.captioner)
+        return self._wait(self._submit(self._run_captions, ("caption", prompt), (image, prompt)), gave_up)
+
+    def answer(self, image_id: str, load: Callable[[], Image.Image], question: str,
+               gave_up: Callable[[], bool] = bool) -> str:
+        """An answer about a kept image (load() gives its pixels if its context is not cached)."""
+        self._check(self.answerer)
+        group = ("answer", self.answerer.question_length(question))
+        return self._wait(self._submit(self._run_answers, group, (image_id, load, question)), gave_up)
+
+    def prepare(self, image_id: str, image: Image.Image) -> Future | None:
+        """Compute an image's question context in the background, when the worker is idle."""
+        if not getattr(self.answerer, "ready", True):
+            return None
+        return self.batcher.submit(self._run_contexts, ("context",), (image_id, lambda: image), background=True)
+
+    def status(self) -> dict:
+        """The queue and the cache, for /healthz."""
+        return {"queued": self.batcher.waiting(), "cached_images": len(self.cache),
+                "cache_mb": round(self.cache.bytes / 2**20, 1), "cache_max_mb": round(self.cache.max_bytes / 2**20)}
+
+    @staticmethod
+    def _check(model) -> None:
+        if not getattr(model, "ready", True):
+            raise ModelUnavailable(model.message)
+
+    def _submit(self, run, group, payload) -> Future:
+        try:
+            return self.batcher.submit(run, group, payload)
+        except QueueFull:
+            wait = self.batcher.retry_after()
+            raise ModelBusy(f"the models are busy with other requests: try again in {wait} s",
+                            headers={"Retry-After": str(wait)}) from None
+
+    def _wait(self, future: Future, gave_up: Callable[[], bool]):
+        """The job's result; a caller who left, or waited past the timeout, takes their job out of the queue."""
+        deadline = self.clock() + self.timeout
+        while True:
+            try:
+                return future.result(timeout=POLL)
+            except FutureTimeout:
+                if gave_up() or self.clock() >= deadline:
+                    future.cancel()  # a job not yet started never runs
+                    if self.clock() >= deadline:
+                        raise ModelTimeout(f"the models did not get to this request within {self.timeout:.0f} s: "
+                                           "try again when the server is less busy") from None
+                    raise ModelTimeout("the client went away before the answer was ready",
+                                       code="client_gone") from None
+
+    def _run_captions(self, payloads: list) -> list[str]:
+        prompt = payloads[0][1]  # one group, one prompt
+        return self.captioner.caption_batch([image for image, _ in payloads], prompt)
+
+    def _contexts(self, items: list[tuple[str, Callable[[], Image.Image]]]) -> list:
+        """Each image's context: from the cache, or computed in one batch for those missing."""
+        found = {image_id: self.cache.get(image_id) for image_id, _ in items}
+        missing = {image_id: load for image_id, load in items if found[image_id] is None}
+        if missing:
+            computed = self.answerer.contexts([load() for load in missing.values()])
+            for image_id, context in zip(missing, computed):
+                self.cache.put(image_id, context)
+                found[image_id] = context
+        return [found[image_id] for image_id, _ in items]
+
+    def _run_contexts(self, payloads: list) -> list:
+        return self._contexts(payloads)
+
+    def _run_answers(self, payloads: list) -> list[str]:
+        contexts = self._contexts([(image_id, load) for image_id, load, _ in payloads])
+        return self.answerer.answer_batch(contexts, [question for _, _, question in payloads])

@@ -1,0 +1,275 @@
+"""The batching worker, the context cache, and the exactness of the cached and batched paths."""
+
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from batcher import Batcher, QueueFull
+from errors import ModelBusy, ModelTimeout, ModelUnavailable
+from model_service import ContextCache, ModelService
+from models import UnavailableModel
+
+
+class Recorder:
+    """A runner that records each batch it ran, and can hold the worker until released."""
+
+    def __init__(self):
+        self.batches = []
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+
+    def __call__(self, payloads):
+        self.started.set()
+        self.release.wait(30)
+        self.batches.append(list(payloads))
+        return [f"done {payload}" for payload in payloads]
+
+    def hold(self):
+        self.release.clear()
+        self.started.clear()
+
+
+class FrozenClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_jobs_of_one_group_queued_together_run_as_one_batch():
+    run = Recorder()
+    batcher = Batcher(max_batch=3, batch_wait=0)
+    run.hold()
+    first = batcher.submit(run, "a", 0)
+    run.started.wait(10)  # the worker is busy with the first job; the rest queue up
+    futures = [batcher.submit(run, group, index) for index, group in enumerate("aabaa", start=1)]
+    run.release.set()
+    assert [future.result(10) for future in futures] == [f"done {i}" for i in range(1, 6)]
+    assert first.result(10) == "done 0"
+    assert run.batches == [[0], [1, 2, 4], [5], [3]] or run.batches == [[0], [1, 2, 4], [3], [5]]
+
+
+def test_a_full_queue_refuses():
+    run = Recorder()
+    batcher = Batcher(max_queue=2, batch_wait=0)
+    run.hold()
+    batcher.submit(run, "a", 0)
+    run.started.wait(10)
+    batcher.submit(run, "a", 1)
+    batcher.submit(run, "a", 2)
+    with pytest.raises(QueueFull):
+        batcher.submit(run, "a", 3)
+    run.release.set()
+
+
+def test_a_cancelled_job_never_runs():
+    run = Recorder()
+    batcher = Batcher(batch_wait=0)
+    run.hold()
+    batcher.submit(run, "a", "first")
+    run.started.wait(10)
+    gone = batcher.submit(run, "b", "gone")
+    kept = batcher.submit(run, "b", "kept")
+    assert gone.cancel()
+    run.release.set()
+    assert kept.result(10) == "done kept"
+    assert ["gone"] not in run.batches and all("gone" not in batch for batch in run.batches)
+
+
+def test_an_error_reaches_every_caller_of_the_batch_and_the_worker_goes_on():
+    def broken(payloads):
+        raise RuntimeError("boom")
+
+    batcher = Batcher(batch_wait=0)
+    with pytest.raises(RuntimeError):
+        batcher.submit(broken, "a", 1).result(10)
+    assert batcher.submit(Recorder(), "a", 2).result(10) == "done 2"
+
+
+def test_background_work_waits_for_the_queue_to_be_idle():
+    clock = FrozenClock()
+    run = Recorder()
+    batcher = Batcher(batch_wait=0, background_idle=5, clock=clock)
+    background = batcher.submit(run, "context", "later", background=True)
+    assert batcher.submit(run, "a", "now").result(10) == "done now"
+    assert not background.done()  # the clock has not moved since the person's job: no idle time yet
+    clock.now += 5
+    batcher.submit(run, "context", "nudge", background=True)  # wakes the worker without new interactive work
+    assert background.result(10) == "done later"
+    assert run.batches[:2] == [["now"], ["later"]]
+
+
+def test_interactive_work_goes_before_background_work():
+    run = Recorder()
+    batcher = Batcher(batch_wait=0, background_idle=0)
+    run.hold()
+    batcher.submit(run, "a", "first")
+    run.started.wait(10)
+    background = batcher.submit(run, "context", "background", background=True)
+    interactive = batcher.submit(run, "a", "person")
+    run.release.set()
+    background.result(10)
+    interactive.result(10)
+    assert run.batches == [["first"], ["person"], ["background"]]
+
+
+class Sized:
+    def __init__(self, nbytes):
+        self.nbytes = nbytes
+
+
+def test_context_cache_is_an_lru_bounded_in_bytes():
+    cache = ContextCache(max_bytes=100)
+    cache.put("a", Sized(40))
+    cache.put("b", Sized(40))
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("c", Sized(40))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    assert cache.bytes == 80
+    cache.put("huge", Sized(101))
+    assert cache.get("huge") is None and cache.bytes == 80
+
+
+# The service on the tiny BLIP models: the cached and batched paths give the baseline's tokens.
+
+def baseline_answer(answerer, image, question):
+    inputs = answerer.processor(images=image, text=question, return_tensors="pt")
+    with torch.inference_mode():
+        tokens = answerer.model.generate(**inputs, **answerer.generation)
+    return answerer.processor.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+def baseline_caption(captioner, image, prompt=None):
+    inputs = captioner.processor(images=image, text=prompt, return_tensors="pt")
+    with torch.inference_mode():
+        tokens = captioner.model.generate(**inputs, **captioner.generation)
+    return captioner.processor.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+IMAGES = [Image.effect_noise((60 + 7 * i, 50), 30 + 10 * i).convert("RGB") for i in range(6)]
+
+
+@pytest.mark.parametrize("prompt", [None, "a photography of"])
+def test_cached_path_equals_the_baseline(tiny_models, prompt):
+    captioner, answerer = tiny_models
+    service = ModelService(captioner, answerer, batch_wait=0)
+    for index, image in enumerate(IMAGES[:3]):
+        assert service.caption(image, prompt) == baseline_caption(captioner, image, prompt)
+        for question in ("what color is it?", "how many cats are there in the picture?"):
+            got = service.answer(f"image-{index}", lambda image=image: image, question)
+            assert got == baseline_answer(answerer, image, question)
+    assert len(service.cache) == 3
+
+
+def test_batched_questions_equal_the_unbatched_ones(tiny_models):
+    captioner, answerer = tiny_models
+    batches = []
+
+    class Watched:
+        """The tiny answerer, recording the size of each batch it answers."""
+
+        def __getattr__(self, name):
+            return getattr(answerer, name)
+
+        def answer_batch(self, contexts, questions):
+            batches.append(len(questions))
+            return answerer.answer_batch(contexts, questions)
+
+    service = ModelService(captioner, Watched(), batch_wait=0.5, max_batch=6)
+    questions = ["what color is the car?", "what color is the sky?", "what color is the cat?",
+                 "what color is the dog?", "what color is the sea?", "what color is the hat?"]
+    assert len({answerer.question_length(q) for q in questions}) == 1
+    results = [None] * 6
+
+    def ask(index):
+        results[index] = service.answer(f"i{index}", lambda: IMAGES[index], questions[index])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert max(batches) > 1  # they did share a batch
+    assert results == [baseline_answer(answerer, IMAGES[i], questions[i]) for i in range(6)]
+
+
+def test_batched_captions_equal_the_unbatched_ones(tiny_models):
+    captioner, answerer = tiny_models
+    assert captioner.caption_batch(IMAGES) == [baseline_caption(captioner, image) for image in IMAGES]
+    assert captioner.caption_batch(IMAGES[:3], "a photography of") == [
+        baseline_caption(captioner, image, "a photography of") for image in IMAGES[:3]]
+
+
+def test_an_evicted_context_is_recomputed_from_the_stored_image(tiny_models):
+    captioner, answerer = tiny_models
+    one = answerer.contexts([IMAGES[0]])[0].nbytes
+    service = ModelService(captioner, answerer, cache_bytes=one, batch_wait=0)
+    loads = []
+
+    def loader(index):
+        def load():
+            loads.append(index)
+            return IMAGES[index]
+        return load
+
+    first = service.answer("a", loader(0), "what is it?")
+    service.answer("b", loader(1), "what is it?")
+    assert service.cache.get("a") is None  # evicted by b
+    assert service.answer("a", loader(0), "what is it?") == first
+    assert loads == [0, 1, 0]
+
+
+def test_prepare_computes_the_context_in_the_background(tiny_models):
+    captioner, answerer = tiny_models
+    service = ModelService(captioner, answerer, batch_wait=0, background_idle=0)
+    service.prepare("p", IMAGES[2]).result(30)
+    assert service.cache.get("p") is not None
+
+    def must_not_load():
+        raise AssertionError("the prepared context was not used")
+
+    assert service.answer("p", must_not_load, "what is it?") == baseline_answer(answerer, IMAGES[2], "what is it?")
+
+
+def test_busy_queue_gives_503_with_retry_after(tiny_models):
+    run = Recorder()
+    service = ModelService(*tiny_models, max_queue=1, batch_wait=0)
+    run.hold()
+    service.batcher.submit(run, "hold", 0)
+    run.started.wait(10)
+    service.batcher.submit(run, "hold", 1)
+    with pytest.raises(ModelBusy) as refused:
+        service.caption(IMAGES[0])
+    assert refused.value.status == 503 and int(refused.value.headers["Retry-After"]) >= 1
+    run.release.set()
+
+
+def test_a_caller_who_waited_too_long_or_left_takes_the_job_out(tiny_models):
+    run = Recorder()
+    captioner, answerer = tiny_models
+    service = ModelService(captioner, answerer, timeout=0, batch_wait=0)
+    run.hold()
+    service.batcher.submit(run, "hold", 0)
+    run.started.wait(10)
+    with pytest.raises(ModelTimeout) as timed_out:
+        service.caption(IMAGES[0])
+    assert timed_out.value.status == 504 and timed_out.value.code == "model_timeout"
+    patient = ModelService(captioner, answerer, timeout=60, batch_wait=0)
+    patient.batcher = service.batcher
+    with pytest.raises(ModelTimeout) as left:
+        patient.caption(IMAGES[0], gave_up=lambda: True)
+    assert left.value.code == "client_gone"
+    assert service.batcher.waiting() == 0  # both jobs were taken out before they ran
+    run.release.set()
+
+
+def test_an_unavailable_model_is_refused_before_queueing(tiny_models):
+    captioner, _ = tiny_models
+    service = ModelService(captioner, UnavailableModel("vqa", "not loaded: point VQA_MODEL at a copy"))
+    with pytest.raises(ModelUnavailable):
+        service.answer("x", lambda: IMAGES[0], "why?")
+    assert service.prepare("x", IMAGES[0]) is None
