@@ -1,8 +1,8 @@
 """Batcher: one worker thread that runs model work in batches, as LitServe, Ray Serve and Triton do.
 
 Jobs of one group (same model, same prompt or question length) queued together run as one batch of
-at most max_batch. Interactive jobs run first, oldest first; background jobs run only after the
-queue has been idle a while, so they never hold up a person waiting. The queue is bounded, and a
+at most max_batch. Interactive jobs run first, oldest first; background jobs run one at a time,
+newest first, and only after the queue has been idle a while, so they rarely hold up a person. The queue is bounded, and a
 job whose caller gave up is dropped before it runs.
 """
 
@@ -70,6 +70,11 @@ class Batcher:
             self._drop_cancelled()
             return len(self._interactive)
 
+    def waiting_in_background(self) -> int:
+        """How many background jobs are queued."""
+        with self._changed:
+            return len(self._background)
+
     def retry_after(self) -> int:
         """Seconds a refused caller should wait: the queue's batches at the average batch time."""
         batches = self.waiting() / self.max_batch + 1
@@ -114,7 +119,7 @@ class Batcher:
                 if self._background:
                     idle = self._last_interactive + self.background_idle - self.clock()
                     if idle <= 0:
-                        job = self._background.popleft()
+                        job = self._background.pop()  # newest first: the image a person is most likely to ask about
                         if job.future.set_running_or_notify_cancel():
                             return [job]
                         continue

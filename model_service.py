@@ -90,7 +90,8 @@ class ModelService:
 
     def status(self) -> dict:
         """The queue and the cache, for /healthz."""
-        return {"queued": self.batcher.waiting(), "cached_images": len(self.cache),
+        return {"queued": self.batcher.waiting(), "background": self.batcher.waiting_in_background(),
+                "cached_images": len(self.cache),
                 "cache_mb": round(self.cache.bytes / 2**20, 1), "cache_max_mb": round(self.cache.max_bytes / 2**20)}
 
     @staticmethod

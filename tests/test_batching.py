@@ -100,7 +100,20 @@ def test_background_work_waits_for_the_queue_to_be_idle():
     clock.now += 5
     batcher.submit(run, "context", "nudge", background=True)  # wakes the worker without new interactive work
     assert background.result(10) == "done later"
-    assert run.batches[:2] == [["now"], ["later"]]
+    assert run.batches[0] == ["now"] and ["later"] in run.batches
+
+
+def test_background_work_runs_newest_first():
+    run = Recorder()
+    batcher = Batcher(batch_wait=0, background_idle=0)
+    run.hold()
+    batcher.submit(run, "a", "first")
+    run.started.wait(10)
+    jobs = [batcher.submit(run, "context", name, background=True) for name in ("old", "new")]
+    run.release.set()
+    for job in jobs:
+        job.result(10)
+    assert run.batches == [["first"], ["new"], ["old"]]
 
 
 def test_interactive_work_goes_before_background_work():
