@@ -80,7 +80,8 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
     if need_answerer:
         answerer = models.load(
             models.Answerer, config["VQA_MODEL"], "VQA_MODEL", config["DEVICE"],
-            dict(num_beams=config["VQA_NUM_BEAMS"], max_length=config["VQA_MAX_LENGTH"]), config["FAST_MODE"],
+            dict(num_beams=config["VQA_NUM_BEAMS"], min_length=config["VQA_MIN_LENGTH"],
+                 max_length=config["VQA_MAX_LENGTH"]), config["FAST_MODE"],
         )
     return captioner, answerer
 

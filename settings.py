@@ -8,6 +8,7 @@ DEFAULTS = {
     "CAPTION_MIN_LENGTH": 10,
     "CAPTION_MAX_LENGTH": 30,
     "VQA_NUM_BEAMS": 3,
+    "VQA_MIN_LENGTH": 1,
     "VQA_MAX_LENGTH": 10,
     "FAST_MODE": False,
     "CACHE_MAX_MB": 256,
