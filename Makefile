@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: run demo test bench install install-dev browser
 
 run: install
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --threads 8 --timeout 300 app:app
+	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --threads 16 --timeout 300 --keep-alive 75 app:app
 
 demo: install
 	$(BIN)/python demo.py

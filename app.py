@@ -10,10 +10,12 @@ import secrets
 import tempfile
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+import images
 import settings
 from errors import AppError
+from hf_client import HFClient, read_keys
 from history import History
 from model_service import ModelService
 
@@ -28,7 +30,6 @@ HTTP_ERRORS = {
     400: ("bad_request", "the request could not be read: check its fields and body"),
     404: ("not_found", "there is nothing at this address: check the URL"),
     405: ("method_not_allowed", "this address does not take that method: see the README for the API"),
-    413: ("file_too_large", "the request is too large: images may be at most 16 MB"),
 }
 
 
@@ -88,8 +89,6 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
 
 def build_hf_client(config):
     """The inference API client with the keys from HF_API_KEYS_FILE, else HF_API_KEYS."""
-    from hf_client import HFClient, read_keys
-
     keys = read_keys(config["HF_API_KEYS"], ",")
     if config["HF_API_KEYS_FILE"]:
         try:
@@ -130,6 +129,10 @@ def register_errors(app: Flask) -> None:
     @app.errorhandler(AppError)
     def app_error(error: AppError):
         return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(error: RequestEntityTooLarge):
+        return app_error(images.too_many_bytes(app.config["MAX_IMAGE_BYTES"]))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -6,6 +6,7 @@ newest first, and only after the queue has been idle a while, so they rarely hol
 job whose caller gave up is dropped before it runs.
 """
 
+import atexit
 import logging
 import threading
 import time
@@ -45,14 +46,30 @@ class Batcher:
         self._interactive: deque[Job] = deque()
         self._background: deque[Job] = deque()
         self._last_interactive = clock()
+        self._closed = False
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="model-batcher", daemon=True)
         self._thread.start()
+        # At exit, let a running batch finish: a thread stopped inside torch aborts the process.
+        atexit.register(self.close)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop: queued jobs are cancelled, the running batch finishes."""
+        with self._changed:
+            self._closed = True
+            for job in (*self._interactive, *self._background):
+                job.future.cancel()
+            self._interactive.clear()
+            self._background.clear()
+            self._changed.notify_all()
+        self._thread.join(timeout)
 
     def submit(self, run: Callable[[list], list], group: Hashable, payload, *, background: bool = False) -> Future:
         """Queue one job; its future gets the job's own result. QueueFull if the queue is full."""
         job = Job(run, group, payload, self.clock(), background)
         with self._changed:
+            if self._closed:
+                raise QueueFull()
             if background:
                 self._background.append(job)
             else:
@@ -83,6 +100,8 @@ class Batcher:
     def _work(self) -> None:
         while True:
             batch = self._take()
+            if not batch:
+                return  # closed
             started = self.clock()
             try:
                 results = batch[0].run([job.payload for job in batch])
@@ -99,9 +118,11 @@ class Batcher:
                     self._last_interactive = self.clock()
 
     def _take(self) -> list[Job]:
-        """The next batch to run, started (cancelled jobs dropped); waits until there is one."""
+        """The next batch to run, started (cancelled jobs dropped); waits until there is one; [] once closed."""
         with self._changed:
             while True:
+                if self._closed:
+                    return []
                 self._drop_cancelled()
                 if self._interactive:
                     first = self._interactive[0]

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -159,30 +160,48 @@ def measure(base: str, pictures: list[bytes]) -> dict:
     return figures
 
 
-def peak_memory_mb(master: subprocess.Popen) -> float:
-    """The peak resident memory (VmHWM) of the gunicorn worker, in MB."""
-    with open(f"/proc/{master.pid}/task/{master.pid}/children") as file:
-        worker = file.read().split()[0]
-    with open(f"/proc/{worker}/status") as file:
-        line = next(line for line in file if line.startswith("VmHWM"))
-    return int(line.split()[1]) / 1024
+def status_field(pid: str, name: str) -> str:
+    with open(f"/proc/{pid}/status") as file:
+        return next(line.split(":", 1)[1].strip() for line in file if line.startswith(name + ":"))
+
+
+def workers(master: subprocess.Popen) -> list[str]:
+    """The gunicorn master's worker processes."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if status_field(pid, "PPid") == str(master.pid):
+                found.append(pid)
+        except (OSError, StopIteration):
+            continue  # gone meanwhile
+    return found
+
+
+def peak_memory_mb(pids: list[str]) -> float:
+    """The peak resident memory (VmHWM) of the given processes, in MB."""
+    return max(int(status_field(pid, "VmHWM").split()[0]) for pid in pids) / 1024
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def serve(target: str, env: dict, log_path: str, port: int) -> subprocess.Popen:
     command = [GUNICORN, "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads", "16",
-               "--timeout", "600", target]
+               "--timeout", "600", "--keep-alive", "75", target]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=open(log_path, "w"),
                                stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
             return process
-        except requests.ConnectionError:
-            if process.poll() is not None:
-                raise SystemExit(f"{target} did not start: see {log_path}")
+        except (requests.ConnectionError, requests.Timeout):  # still loading the models
             time.sleep(0.5)
-    raise SystemExit(f"{target} did not answer within 600 s: see {log_path}")
+    process.terminate()
+    raise SystemExit(f"{target} did not start within 600 s: see {log_path}")
 
 
 def fast_mode(paths: dict, pictures: list[bytes]) -> dict:
@@ -242,16 +261,20 @@ def main() -> None:
     env = {**GENERATION, "CAPTION_MODEL": paths["caption"], "VQA_MODEL": paths["vqa"], "HF_HUB_OFFLINE": "1",
            "DEVICE": "cpu", "FAST_MODE": "0"}
     results = {}
+    logs = os.path.join(ROOT, "bench-models")
     with tempfile.TemporaryDirectory() as data:
         env.update(UPLOAD_FOLDER=os.path.join(data, "uploads"), GENERATED_FOLDER=os.path.join(data, "generated"),
                    HISTORY_FILE=os.path.join(data, "history.json"), SECRET_KEY="bench")
         for name, target in (("baseline", "bench_baseline:create_baseline_app()"), ("app", "app:app")):
             print(f"measuring {name} ...", flush=True)
-            port = 5700 + len(results)
-            server = serve(target, env, os.path.join(data, f"{name}.log"), port)
+            port = free_port()
+            server = serve(target, env, os.path.join(logs, f"{name}.log"), port)
             try:
+                pids = workers(server)
                 results[name] = measure(f"http://127.0.0.1:{port}", pictures)
-                results[name]["peak_mb"] = peak_memory_mb(server)
+                if workers(server) != pids:
+                    raise SystemExit(f"the {name} server's worker was replaced during the run: see its log in {logs}")
+                results[name]["peak_mb"] = peak_memory_mb(pids)
             finally:
                 server.terminate()
                 server.wait(60)
@@ -318,6 +341,7 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
     print(text)
     with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as file:
         file.write(text)
+    os.makedirs(os.path.join(ROOT, "bench-models"), exist_ok=True)
     with open(os.path.join(ROOT, "bench-models", "last-run.json"), "w") as file:
         json.dump({"results": results, "fast": fast}, file, indent=1)
 

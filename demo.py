@@ -7,7 +7,8 @@ import random_blip
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    paths = random_blip.save_random_blip(os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo-models"))
+    folder = os.environ.get("DEMO_MODELS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo-models")
+    paths = random_blip.save_random_blip(folder)
     os.environ.update(CAPTION_MODEL=paths["caption"], VQA_MODEL=paths["vqa"], DEMO="1")
     from app import create_app
 

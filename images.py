@@ -37,8 +37,7 @@ def check_filename(filename: str) -> None:
 def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Picture:
     """Decode a PNG or JPEG judged by its content, upright, RGB, first frame, re-encoded."""
     if max_bytes is not None and stream.seek(0, os.SEEK_END) > max_bytes:
-        raise ImageTooLarge(f"the file is larger than {max_bytes // (1024 * 1024)} MB: upload a smaller image",
-                            code="file_too_large")
+        raise too_many_bytes(max_bytes)
     stream.seek(0)
     # Pillow only warns between its own limit and twice that; below the lower of the two
     # limits is the only size accepted, so its warning always ends in a refusal.
@@ -62,6 +61,12 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
             code="not_an_image",
         ) from error
     return encode(pixels, image_format)
+
+
+def too_many_bytes(limit: int) -> ImageTooLarge:
+    """The refusal of a file over the byte limit."""
+    return ImageTooLarge(f"the file is larger than {limit // 2**20} MB: upload a smaller image",
+                         code="file_too_large")
 
 
 def too_many_pixels(limit: int, size: str = "too many pixels") -> ImageTooLarge:

@@ -8,6 +8,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 import fields
 import gallery
+import images
 from errors import AppError, InvalidInput
 from gallery import service
 
@@ -45,8 +46,7 @@ def form_error(error: AppError):
 
 @bp.errorhandler(RequestEntityTooLarge)
 def form_too_large(error: RequestEntityTooLarge):
-    limit = current_app.config["MAX_IMAGE_BYTES"] // (1024 * 1024)
-    return render_template("error.html", message=f"the file is too large: images may be at most {limit} MB"), 413
+    return form_error(images.too_many_bytes(current_app.config["MAX_IMAGE_BYTES"]))
 
 
 @bp.get("/")

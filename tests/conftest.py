@@ -68,6 +68,24 @@ def tiny_models(tiny_blip):
 
 
 @pytest.fixture
+def fake_api():
+    """The tests' own Hugging Face inference API on 127.0.0.1."""
+    from fake_hf import FakeInferenceAPI
+
+    api = FakeInferenceAPI()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def clock():
+    """An injected clock that moves only when told (or when the client 'sleeps')."""
+    from fake_hf import FakeClock
+
+    return FakeClock()
+
+
+@pytest.fixture
 def data_dir(tmp_path):
     return tmp_path
 

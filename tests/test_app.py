@@ -339,3 +339,53 @@ def test_eight_threads_upload_and_ask_at_once(app, data_dir):
     assert set(data["images"]) == set(ids)
     assert all([q["question"] for q in record["questions"]] == ["one?", "two?"]
                for record in data["images"].values())
+
+
+# The models' queue, seen through HTTP.
+
+class HeldCaptioner(FakeCaptioner):
+    """Holds the model worker inside a batch until released."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside, self.release = threading.Event(), threading.Event()
+
+    def caption_batch(self, images, prompt=None):
+        self.inside.set()
+        self.release.wait(30)
+        return super().caption_batch(images, prompt)
+
+
+def test_a_full_model_queue_answers_503_with_retry_after_and_stores_nothing(make_app, data_dir):
+    captioner = HeldCaptioner()
+    app = make_app(captioner=captioner, MAX_QUEUE=1)
+    holder = threading.Thread(target=lambda: upload(app.test_client()))
+    holder.start()
+    assert captioner.inside.wait(30)
+    queued = threading.Thread(target=lambda: upload(app.test_client()))
+    queued.start()
+    while app.extensions["models"].batcher.waiting() < 1:
+        threading.Event().wait(0.01)
+    response = upload(app.test_client())
+    assert response.status_code == 503 and response.get_json()["code"] == "model_busy"
+    assert int(response.headers["Retry-After"]) >= 1
+    captioner.release.set()
+    holder.join(30)
+    queued.join(30)
+    assert len(captioner.calls) == 2
+    assert len(json.loads((data_dir / "history.json").read_text())["images"]) == 2
+    assert len(os.listdir(data_dir / "uploads")) == 2
+
+
+def test_a_request_that_waited_too_long_answers_504_and_stores_nothing(make_app, data_dir):
+    captioner = HeldCaptioner()
+    response = upload(make_app(captioner=captioner, MODEL_TIMEOUT=0).test_client())
+    assert response.status_code == 504 and response.get_json()["code"] == "model_timeout"
+    captioner.release.set()
+    assert stored_files(data_dir) == []
+
+
+def test_healthz_shows_the_queue_and_the_cache(client):
+    queue = client.get("/healthz").get_json()["queue"]
+    assert set(queue) == {"queued", "background", "cached_images", "cache_mb", "cache_max_mb"}
+    assert queue["cache_max_mb"] == 256

@@ -9,7 +9,6 @@ import pytest
 from werkzeug.serving import make_server
 
 from conftest import FakeAnswerer, FakeCaptioner, image_bytes
-from fake_hf import FakeInferenceAPI
 from hf_client import HFClient
 from test_images import png_header_only
 
@@ -32,13 +31,6 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield chromium
         chromium.close()
-
-
-@pytest.fixture
-def fake_api():
-    api = FakeInferenceAPI()
-    yield api
-    api.close()
 
 
 @pytest.fixture
@@ -145,6 +137,23 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
     assert page.problems == []
 
 
+def test_dropping_a_file_on_the_page_picks_it(page, serve):
+    page.goto(serve() + "/")
+    dropped = page.evaluate_handle("""bytes => {
+        const files = new DataTransfer();
+        files.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+        return files;
+    }""", list(image_bytes()))
+    page.dispatch_event("main", "drop", {"dataTransfer": dropped})
+    expect(page.locator("#preview")).to_be_visible()
+    assert page.evaluate("document.querySelector('#image-input').files[0].name") == "dropped.png"
+    with page.expect_response("**/upload") as answer:
+        page.click("#upload-form button")
+    assert answer.value.status == 201
+    expect(page.locator("#current-caption")).to_have_text("a fake caption")
+    assert page.problems == []
+
+
 def test_load_more_pages_the_gallery(page, serve, tmp_path):
     base = serve()
     photo = files(tmp_path / "a.png", image_bytes())
@@ -215,6 +224,7 @@ def test_markup_in_captions_and_questions_is_shown_as_text(page, serve, tmp_path
 
 def test_keyboard_only(page, serve, tmp_path):
     page.goto(serve() + "/")
+    page.bring_to_front()  # Chromium opens a file chooser only for the active page
     photo = files(tmp_path / "k.png", image_bytes())
     page.keyboard.press("Tab")  # the title link
     page.keyboard.press("Tab")

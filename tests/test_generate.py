@@ -4,22 +4,15 @@ import logging
 import pytest
 
 from conftest import stored_files
-from fake_hf import FakeClock, FakeInferenceAPI, png
+from fake_hf import png
 from hf_client import HFClient
 
 KEYS = ["hf_genAAAAAAAAAAAA1111", "hf_genBBBBBBBBBBBB2222"]
 
 
 @pytest.fixture
-def api():
-    fake = FakeInferenceAPI()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
+def api(fake_api):
+    return fake_api
 
 
 @pytest.fixture
@@ -161,3 +154,15 @@ def test_keys_come_from_the_file_before_the_environment(make_app, tmp_path, api)
     assert response.status_code == 201
     assert api.keys_used() == ["hf_fileAAAAAAAAAAA9999"]
     assert api.requests[0]["path"] == "/models/some/model"
+
+
+def test_the_saved_path_is_relative_to_the_app_folder_when_inside_it(make_app):
+    import os
+
+    import gallery
+
+    app = make_app()
+    with app.app_context():
+        inside = os.path.join(app.root_path, "uploads", "generated", "x.png")
+        assert gallery.shown_path(inside) == os.path.join("uploads", "generated", "x.png")
+        assert gallery.shown_path("/elsewhere/x.png") == "/elsewhere/x.png"

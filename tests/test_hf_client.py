@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from errors import KeysUnavailable, UpstreamError, UpstreamRejected, UpstreamTimeout
-from fake_hf import FakeClock, FakeInferenceAPI, png
+from fake_hf import png
 from hf_client import HFClient, mask, read_keys
 
 KEYS = ["hf_keyAAAAAAAAAAAA1111", "hf_keyBBBBBBBBBBBB2222", "hf_keyCCCCCCCCCCCC3333"]
@@ -14,15 +14,8 @@ A, B, C = KEYS
 
 
 @pytest.fixture
-def api():
-    fake = FakeInferenceAPI()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
+def api(fake_api):
+    return fake_api
 
 
 @pytest.fixture

@@ -65,3 +65,19 @@ def test_gunicorn_loads_both_models_before_any_request(tmp_path, tiny_blip):
             uploaded.json()["image_id"]]
     finally:
         servers.stop(process)
+
+
+def test_make_demo_serves_tiny_models_and_says_so(tmp_path):
+    port = servers.free_port()
+    env = {**data_env(tmp_path, port), "DEMO_MODELS": str(tmp_path / "demo-models")}
+    process = servers.start([servers.PYTHON, "demo.py"], env, str(tmp_path / "demo.log"))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        servers.wait_until_up(base + "/healthz", process)
+        health = requests.get(base + "/healthz", timeout=10).json()
+        assert health["status"] == "ok" and health["demo"] is True and "random weights" in health["notice"]
+        assert "random weights" in requests.get(base + "/", timeout=10).text
+        files = {"image": ("a.png", io.BytesIO(image_bytes()), "image/png")}
+        assert requests.post(base + "/upload", files=files, timeout=60).status_code == 201
+    finally:
+        servers.stop(process)
