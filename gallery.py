@@ -25,7 +25,7 @@ MAX_DESCRIPTION = 1000
 
 
 def service(name: str):
-    """A service the app was built with (captioner, answerer, history, hf_client)."""
+    """A service the app was built with (captioner, answerer, models, history, hf_client)."""
     return current_app.extensions[name]
 
 

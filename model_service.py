@@ -86,7 +86,7 @@ class ModelService:
         """Compute an image's question context in the background, when the worker is idle."""
         if not getattr(self.answerer, "ready", True):
             return None
-        return self.batcher.submit(self._run_contexts, ("context",), (image_id, lambda: image), background=True)
+        return self.batcher.submit(self._contexts, ("context",), (image_id, lambda: image), background=True)
 
     def status(self) -> dict:
         """The queue and the cache, for /healthz."""
@@ -114,9 +114,10 @@ class ModelService:
             try:
                 return future.result(timeout=POLL)
             except FutureTimeout:
-                if gave_up() or self.clock() >= deadline:
+                timed_out = self.clock() >= deadline
+                if timed_out or gave_up():
                     future.cancel()  # a job not yet started never runs
-                    if self.clock() >= deadline:
+                    if timed_out:
                         raise ModelTimeout(f"the models did not get to this request within {self.timeout:.0f} s: "
                                            "try again when the server is less busy") from None
                     raise ModelTimeout("the client went away before the answer was ready",
@@ -136,9 +137,6 @@ class ModelService:
                 self.cache.put(image_id, context)
                 found[image_id] = context
         return [found[image_id] for image_id, _ in items]
-
-    def _run_contexts(self, payloads: list) -> list:
-        return self._contexts(payloads)
 
     def _run_answers(self, payloads: list) -> list[str]:
         contexts = self._contexts([(image_id, load) for image_id, load, _ in payloads])

@@ -1,6 +1,7 @@
 """The real entry points: `python app.py` and `gunicorn app:app`, as processes on 127.0.0.1."""
 
 import io
+import os
 
 import pytest
 import requests
@@ -81,3 +82,46 @@ def test_make_demo_serves_tiny_models_and_says_so(tmp_path):
         assert requests.post(base + "/upload", files=files, timeout=60).status_code == 201
     finally:
         servers.stop(process)
+
+
+def test_a_client_that_hangs_up_has_its_request_taken_out_of_the_queue(make_app, data_dir):
+    import socket
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from test_app import HeldCaptioner
+
+    captioner = HeldCaptioner()
+    app = make_app(captioner=captioner)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        files = {"image": ("a.png", image_bytes(), "image/png")}
+        holder = threading.Thread(target=lambda: requests.post(base + "/upload", files=files, timeout=60))
+        holder.start()
+        assert captioner.inside.wait(30)
+        body = requests.Request("POST", base + "/upload", files=files).prepare()
+        leaving = socket.create_connection(("127.0.0.1", server.server_port))
+        head = f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body.body)}\r\n"
+        head += f"Content-Type: {body.headers['Content-Type']}\r\n\r\n"
+        leaving.sendall(head.encode() + body.body)
+        batcher = app.extensions["models"].batcher
+        for _ in range(200):  # until the request is queued behind the held one
+            if batcher.waiting() == 1:
+                break
+            threading.Event().wait(0.02)
+        assert batcher.waiting() == 1
+        leaving.close()
+        for _ in range(200):  # until the server notices, within its 0.1 s polling
+            if batcher.waiting() == 0:
+                break
+            threading.Event().wait(0.02)
+        assert batcher.waiting() == 0
+        captioner.release.set()
+        holder.join(30)
+        assert len(captioner.calls) == 1  # the departed client's image was never captioned
+        assert len(os.listdir(data_dir / "uploads")) == 1
+    finally:
+        server.shutdown()
