@@ -141,8 +141,10 @@ class Answerer(BlipModel):
                 shape = (*embeds.shape[:-1], -1, attention.attention_head_size)
                 keys.append(attention.key(embeds).view(shape).transpose(1, 2))
                 values.append(attention.value(embeds).view(shape).transpose(1, 2))
+        # Each context gets storage of its own, so that the cache's byte count is what it holds.
         return [
-            ImageContext(embeds[i : i + 1], [k[i : i + 1] for k in keys], [v[i : i + 1] for v in values])
+            ImageContext(embeds[i : i + 1].clone(), [k[i : i + 1].clone() for k in keys],
+                         [v[i : i + 1].clone() for v in values])
             for i in range(len(images))
         ]
 
