@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
 import fields
 import gallery
-import pages
+import settings
 from errors import InvalidInput
 from gallery import service
 
@@ -87,7 +87,7 @@ def healthz():
             "generation_model": current_app.config["SD_MODEL"], "keys": service("hf_client").status(),
             "demo": current_app.config["DEMO"]}
     if current_app.config["DEMO"]:
-        body["notice"] = pages.DEMO_NOTICE
+        body["notice"] = settings.DEMO_NOTICE
     return jsonify(body), 200 if ready else 503
 
 

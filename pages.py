@@ -9,13 +9,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 import fields
 import gallery
 import images
+import settings
 from errors import AppError, InvalidInput
 from gallery import service
 
 bp = Blueprint("pages", __name__)
 
 GALLERY_PAGE = 12
-DEMO_NOTICE = "demo models with random weights: captions and answers are meaningless"
 
 
 def csrf_token() -> str:
@@ -35,7 +35,7 @@ def check_csrf() -> None:
 
 @bp.app_context_processor
 def page_globals():
-    return {"csrf_token": csrf_token, "demo": current_app.config["DEMO"], "demo_notice": DEMO_NOTICE}
+    return {"csrf_token": csrf_token, "demo": current_app.config["DEMO"], "demo_notice": settings.DEMO_NOTICE}
 
 
 @bp.errorhandler(AppError)

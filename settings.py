@@ -35,6 +35,8 @@ DEFAULTS = {
     "PORT": 5000,
 }
 
+DEMO_NOTICE = "demo models with random weights: captions and answers are meaningless"
+
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
 
