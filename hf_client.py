@@ -5,7 +5,6 @@ No Flask inside. Keys never leave this module unmasked: not in an exception, a l
 
 import base64
 import binascii
-import io
 import logging
 import random
 import re
@@ -16,17 +15,15 @@ from email.utils import parsedate_to_datetime
 from typing import Callable
 
 import requests
-from PIL import Image
 
-from errors import KeysUnavailable, UpstreamError, UpstreamRejected, UpstreamTimeout
+import images
+from errors import ImageTooLarge, InvalidImage, KeysUnavailable, UpstreamError, UpstreamRejected, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF = 30.0  # seconds of cooling after a 429 that says nothing of when to return
 MAX_BACKOFF = 15 * 60.0
 CREDIT_WORDS = re.compile(r"credit|balance|quota|exceeded your monthly|payment", re.IGNORECASE)
-IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg"}
-
 
 def mask(key: str) -> str:
     """A key as it may be shown: its first three and last four characters."""
@@ -231,14 +228,11 @@ class HFClient:
             except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
                 raise UpstreamError("the Hugging Face inference API answered without an image: try again later")
         try:
-            with Image.open(io.BytesIO(data), formats=list(IMAGE_TYPES)) as image:
-                image.load()
-                image_format = image.format
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            mime_type, extension = images.identify(data)
+        except (InvalidImage, ImageTooLarge):
             raise UpstreamError("the Hugging Face inference API sent something that is not a readable PNG or "
                                 "JPEG image: try again later") from None
-        extension = ".png" if image_format == "PNG" else ".jpg"
-        return GeneratedImage(data, IMAGE_TYPES.get(image_format, "image/jpeg"), extension)
+        return GeneratedImage(data, mime_type, extension)
 
     def _message(self, response: requests.Response) -> str:
         """The API's own error message, short, with any key masked."""

@@ -63,6 +63,18 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
     return encode(pixels, image_format)
 
 
+def identify(data: bytes) -> tuple[str, str]:
+    """The MIME type and file extension of bytes that decode fully as a PNG or JPEG; InvalidImage if not."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
+            image.load()
+            return FORMATS["PNG" if image.format == "PNG" else "JPEG"]
+    except Image.DecompressionBombError:
+        raise too_many_pixels(Image.MAX_IMAGE_PIXELS) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise InvalidImage("the data is not a readable PNG or JPEG image", code="not_an_image") from error
+
+
 def too_many_bytes(limit: int) -> ImageTooLarge:
     """The refusal of a file over the byte limit."""
     return ImageTooLarge(f"the file is larger than {limit // 2**20} MB: upload a smaller image",

@@ -132,3 +132,11 @@ def test_a_file_over_the_byte_limit_is_refused():
         images.read_image(io.BytesIO(data), max_pixels=LIMIT, max_bytes=len(data) - 1)
     assert refused.value.code == "file_too_large"
     assert images.read_image(io.BytesIO(data), max_pixels=LIMIT, max_bytes=len(data)).pixels.size == (200, 200)
+
+
+def test_identify_names_png_and_jpeg_and_refuses_the_rest():
+    assert images.identify(image_bytes("PNG")) == ("image/png", ".png")
+    assert images.identify(image_bytes("JPEG")) == ("image/jpeg", ".jpg")
+    for data in (image_bytes("PNG", size=(64, 64))[:-40], image_bytes("GIF", "P"), b"<html></html>"):
+        with pytest.raises(InvalidImage):
+            images.identify(data)
