@@ -1,6 +1,5 @@
 """The page in a real browser: Playwright driving Debian's Chromium against the app on 127.0.0.1."""
 
-import io
 import os
 import shutil
 import threading
@@ -8,7 +7,7 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from conftest import FakeAnswerer, FakeCaptioner, image_bytes
+from conftest import FakeCaptioner, image_bytes
 from hf_client import HFClient
 from test_images import png_header_only
 

@@ -1,6 +1,5 @@
 import logging
 
-import pytest
 import torch
 from PIL import Image
 

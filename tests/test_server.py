@@ -3,7 +3,6 @@
 import io
 import os
 
-import pytest
 import requests
 
 import servers
