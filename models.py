@@ -17,8 +17,6 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def pick_device(device: str = "auto") -> torch.device:
     """The GPU when torch sees one and device is auto, else what device names."""
