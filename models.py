@@ -42,6 +42,36 @@ def pick_dtype(device: torch.device, fast: bool) -> torch.dtype:
     return torch.bfloat16 if fast and cpu_has_fast_bf16() else torch.float32
 
 
+class FewRowLinear(torch.nn.Linear):
+    """nn.Linear that computes a few rows as W·xᵀ instead of x·Wᵀ.
+
+    A decoding step of a 3-beam search multiplies 3 rows by every weight. For so few rows MKL
+    computes x·Wᵀ on one core through a slow path, while W·xᵀ runs on every core: on a 2-core CPU
+    it is 1.3x faster for BLIP's layers and 3x for its 30524-word output layer. The two differ
+    only in the order floats are summed (about 1e-6 relative), and the tokens stay the same.
+    """
+
+    few = 4
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        rows = inputs.numel() // self.in_features
+        if not 0 < rows <= self.few:
+            return super().forward(inputs)
+        flat = inputs.reshape(rows, self.in_features).T
+        if self.bias is None:
+            product = self.weight @ flat
+        else:
+            product = torch.addmm(self.bias[:, None], self.weight, flat)
+        return product.T.reshape(*inputs.shape[:-1], self.out_features)
+
+
+def use_few_row_linears(module: torch.nn.Module) -> None:
+    """Turn every plain nn.Linear inside module into a FewRowLinear (same weights, no copy)."""
+    for layer in module.modules():
+        if type(layer) is torch.nn.Linear:
+            layer.__class__ = FewRowLinear
+
+
 class BlipModel:
     """A BLIP model with its processor, on one device, in eval mode."""
 
@@ -63,6 +93,8 @@ class BlipModel:
         target = pick_device(device)
         processor = BlipProcessor.from_pretrained(name)
         model = cls.model_class.from_pretrained(name, dtype=pick_dtype(target, fast)).to(target)
+        if target.type == "cpu":
+            use_few_row_linears(model.text_decoder)  # its beam-search steps are a few rows each
         return cls(model, processor, name=name, generation=generation)
 
     def embed(self, images: list[Image.Image]) -> torch.Tensor:

@@ -72,6 +72,11 @@ def save_random_blip(folder: str, size: str = "tiny", seed: int = 0) -> dict[str
     for role, model_class in (("caption", BlipForConditionalGeneration), ("vqa", BlipForQuestionAnswering)):
         if os.path.exists(os.path.join(paths[role], "config.json")):
             continue
-        model_class(config(size)).save_pretrained(paths[role])
+        model = model_class(config(size))
+        with torch.no_grad():  # transformers starts biases at zero; trained ones are not, so neither are these
+            for name, parameter in model.named_parameters():
+                if name.endswith(".bias"):
+                    parameter.normal_(0, 0.02)
+        model.save_pretrained(paths[role])
         processor(size, paths[role]).save_pretrained(paths[role])
     return paths

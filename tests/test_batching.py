@@ -5,11 +5,12 @@ import threading
 import pytest
 import torch
 from PIL import Image
+from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering
 
 from batcher import Batcher, QueueFull
 from errors import ModelBusy, ModelTimeout, ModelUnavailable
 from model_service import ContextCache, ModelService
-from models import UnavailableModel
+from models import FewRowLinear, UnavailableModel
 
 
 class Recorder:
@@ -150,36 +151,51 @@ def test_context_cache_is_an_lru_bounded_in_bytes():
 
 # The service on the tiny BLIP models: the cached and batched paths give the baseline's tokens.
 
-def baseline_answer(answerer, image, question):
-    inputs = answerer.processor(images=image, text=question, return_tensors="pt")
-    with torch.inference_mode():
-        tokens = answerer.model.generate(**inputs, **answerer.generation)
-    return answerer.processor.decode(tokens[0], skip_special_tokens=True).strip()
+class Baseline:
+    """What peer apps do: processor, then generate, on models loaded plainly (no FewRowLinear)."""
+
+    def __init__(self, paths, captioner, answerer):
+        self.captioner = BlipForConditionalGeneration.from_pretrained(paths["caption"]).eval()
+        self.answerer = BlipForQuestionAnswering.from_pretrained(paths["vqa"]).eval()
+        self.caption_settings, self.answer_settings = captioner.generation, answerer.generation
+        self.processor = answerer.processor
+
+    def caption(self, image, prompt=None):
+        return self._generate(self.captioner, self.caption_settings, image, prompt)
+
+    def answer(self, image, question):
+        return self._generate(self.answerer, self.answer_settings, image, question)
+
+    def _generate(self, model, settings, image, text):
+        inputs = self.processor(images=image, text=text, return_tensors="pt")
+        with torch.inference_mode():
+            tokens = model.generate(**inputs, **settings)
+        return self.processor.decode(tokens[0], skip_special_tokens=True).strip()
 
 
-def baseline_caption(captioner, image, prompt=None):
-    inputs = captioner.processor(images=image, text=prompt, return_tensors="pt")
-    with torch.inference_mode():
-        tokens = captioner.model.generate(**inputs, **captioner.generation)
-    return captioner.processor.decode(tokens[0], skip_special_tokens=True).strip()
+@pytest.fixture(scope="module")
+def baseline(tiny_blip, tiny_models):
+    return Baseline(tiny_blip, *tiny_models)
 
 
 IMAGES = [Image.effect_noise((60 + 7 * i, 50), 30 + 10 * i).convert("RGB") for i in range(6)]
 
 
 @pytest.mark.parametrize("prompt", [None, "a photography of"])
-def test_cached_path_equals_the_baseline(tiny_models, prompt):
+def test_cached_path_equals_the_baseline(tiny_models, baseline, prompt):
     captioner, answerer = tiny_models
+    for model in (captioner.model, answerer.model):  # the decoders run the few-row path being checked
+        assert any(isinstance(layer, FewRowLinear) for layer in model.text_decoder.modules())
     service = ModelService(captioner, answerer, batch_wait=0)
     for index, image in enumerate(IMAGES[:3]):
-        assert service.caption(image, prompt) == baseline_caption(captioner, image, prompt)
+        assert service.caption(image, prompt) == baseline.caption(image, prompt)
         for question in ("what color is it?", "how many cats are there in the picture?"):
             got = service.answer(f"image-{index}", lambda image=image: image, question)
-            assert got == baseline_answer(answerer, image, question)
+            assert got == baseline.answer(image, question)
     assert len(service.cache) == 3
 
 
-def test_batched_questions_equal_the_unbatched_ones(tiny_models):
+def test_batched_questions_equal_the_unbatched_ones(tiny_models, baseline):
     captioner, answerer = tiny_models
     batches = []
 
@@ -208,14 +224,14 @@ def test_batched_questions_equal_the_unbatched_ones(tiny_models):
     for thread in threads:
         thread.join(60)
     assert max(batches) > 1  # they did share a batch
-    assert results == [baseline_answer(answerer, IMAGES[i], questions[i]) for i in range(6)]
+    assert results == [baseline.answer(IMAGES[i], questions[i]) for i in range(6)]
 
 
-def test_batched_captions_equal_the_unbatched_ones(tiny_models):
+def test_batched_captions_equal_the_unbatched_ones(tiny_models, baseline):
     captioner, answerer = tiny_models
-    assert captioner.caption_batch(IMAGES) == [baseline_caption(captioner, image) for image in IMAGES]
+    assert captioner.caption_batch(IMAGES) == [baseline.caption(image) for image in IMAGES]
     assert captioner.caption_batch(IMAGES[:3], "a photography of") == [
-        baseline_caption(captioner, image, "a photography of") for image in IMAGES[:3]]
+        baseline.caption(image, "a photography of") for image in IMAGES[:3]]
 
 
 def test_an_evicted_context_is_recomputed_from_the_stored_image(tiny_models):
@@ -237,7 +253,7 @@ def test_an_evicted_context_is_recomputed_from_the_stored_image(tiny_models):
     assert loads == [0, 1, 0]
 
 
-def test_prepare_computes_the_context_in_the_background(tiny_models):
+def test_prepare_computes_the_context_in_the_background(tiny_models, baseline):
     captioner, answerer = tiny_models
     service = ModelService(captioner, answerer, batch_wait=0, background_idle=0)
     service.prepare("p", IMAGES[2]).result(30)
@@ -246,7 +262,7 @@ def test_prepare_computes_the_context_in_the_background(tiny_models):
     def must_not_load():
         raise AssertionError("the prepared context was not used")
 
-    assert service.answer("p", must_not_load, "what is it?") == baseline_answer(answerer, IMAGES[2], "what is it?")
+    assert service.answer("p", must_not_load, "what is it?") == baseline.answer(IMAGES[2], "what is it?")
 
 
 def test_busy_queue_gives_503_with_retry_after(tiny_models):

@@ -58,3 +58,25 @@ def test_a_model_that_cannot_load_is_unavailable_and_says_why(tmp_path, caplog):
     assert "CAPTION_MODEL" in model.message and str(tmp_path / "missing") in model.message
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and "CAPTION_MODEL" in errors[0].getMessage()
+
+
+def test_few_row_linear_gives_linear_values_for_any_row_count():
+    torch.manual_seed(0)
+    for bias in (True, False):
+        plain = torch.nn.Linear(48, 40, bias=bias)
+        few = torch.nn.Linear(48, 40, bias=bias)
+        few.load_state_dict(plain.state_dict())
+        models.use_few_row_linears(few)
+        assert type(few) is models.FewRowLinear
+        for shape in ((1, 48), (3, 1, 48), (2, 2, 48), (5, 48), (3, 7, 48)):
+            inputs = torch.randn(shape)
+            got = few(inputs)
+            assert got.shape == (*shape[:-1], 40)
+            torch.testing.assert_close(got, plain(inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_from_pretrained_gives_the_cpu_decoders_few_row_linears(tiny_models):
+    for model in (wrapper.model for wrapper in tiny_models):
+        decoder = [type(layer) for layer in model.text_decoder.modules() if isinstance(layer, torch.nn.Linear)]
+        assert decoder and set(decoder) == {models.FewRowLinear}
+        assert models.FewRowLinear not in {type(layer) for layer in model.vision_model.modules()}
