@@ -73,6 +73,19 @@ def use_few_row_linears(module: torch.nn.Module) -> None:
             layer.__class__ = FewRowLinear
 
 
+class SharedByBeamsCache(DynamicCache):
+    """The decoder's cross-attention keys and values, which beam search need not reorder.
+
+    Every beam of one request attends to the same encoder states, so its keys and values are the
+    same for all of them, and picking beams changes nothing in them. transformers reorders them
+    anyway, copying them at every step: for a caption, 24 tensors over 577 image tokens a step,
+    about 7% of the decoder's time at BLIP-base size.
+    """
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Nothing to do: the beams' rows are equal, and beams are only picked within a request."""
+
+
 class BlipModel:
     """A BLIP model with its processor, on one device, in eval mode."""
 
@@ -107,11 +120,13 @@ class BlipModel:
     def _decode(self, prompt_ids: torch.Tensor, attention_mask, encoder_states: torch.Tensor) -> list[str]:
         """The text decoder's generation over encoder states, decoded to text."""
         mask = torch.ones(encoder_states.shape[:-1], dtype=torch.long, device=self.device)
+        cache = EncoderDecoderCache(DynamicCache(), SharedByBeamsCache())
         with torch.inference_mode():
             tokens = self.model.text_decoder.generate(
                 input_ids=prompt_ids, attention_mask=attention_mask,
                 eos_token_id=self.text_config.sep_token_id, pad_token_id=self.text_config.pad_token_id,
-                encoder_hidden_states=encoder_states, encoder_attention_mask=mask, **self.generation)
+                encoder_hidden_states=encoder_states, encoder_attention_mask=mask, past_key_values=cache,
+                **self.generation)
         return [text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
 

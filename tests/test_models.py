@@ -80,3 +80,12 @@ def test_from_pretrained_gives_the_cpu_decoders_few_row_linears(tiny_models):
         decoder = [type(layer) for layer in model.text_decoder.modules() if isinstance(layer, torch.nn.Linear)]
         assert decoder and set(decoder) == {models.FewRowLinear}
         assert models.FewRowLinear not in {type(layer) for layer in model.vision_model.modules()}
+
+
+def test_beam_search_leaves_the_cross_attention_cache_in_place(tiny_models, monkeypatch):
+    captioner, answerer = tiny_models
+    asked = []
+    monkeypatch.setattr(models.SharedByBeamsCache, "reorder_cache", lambda self, beam_idx: asked.append(self))
+    captioner.caption(Image.new("RGB", (30, 30), "red"))
+    answerer.answer(Image.new("RGB", (30, 30), "red"), "what color is it?")
+    assert len(asked) > 2  # beam search reached the decoders' cross-attention caches, which keep their rows
