@@ -4,7 +4,8 @@ Each splits its work where the image stops mattering, so that what depends on th
 can be computed once and reused: the vision embedding for captions, and for questions the VQA
 vision embedding together with the text encoder's cross-attention keys and values over it.
 The calls are the ones BlipForConditionalGeneration.generate and BlipForQuestionAnswering.generate
-make, in the same order, so in fp32 the tokens equal theirs.
+make, in the same order, so in fp32 the tokens equal theirs. Two changes make decoding cheaper
+without changing a token: FewRowLinear (on the CPU) and SharedByBeamsCache.
 """
 
 import logging
