@@ -157,20 +157,20 @@ class Baseline:
     def __init__(self, paths, captioner, answerer):
         self.captioner = BlipForConditionalGeneration.from_pretrained(paths["caption"]).eval()
         self.answerer = BlipForQuestionAnswering.from_pretrained(paths["vqa"]).eval()
-        self.caption_settings, self.answer_settings = captioner.generation, answerer.generation
-        self.processor = answerer.processor
+        self.wrappers = {"caption": captioner, "vqa": answerer}  # their processors and generation settings
 
     def caption(self, image, prompt=None):
-        return self._generate(self.captioner, self.caption_settings, image, prompt)
+        return self._generate(self.captioner, self.wrappers["caption"], image, prompt)
 
     def answer(self, image, question):
-        return self._generate(self.answerer, self.answer_settings, image, question)
+        return self._generate(self.answerer, self.wrappers["vqa"], image, question)
 
-    def _generate(self, model, settings, image, text):
-        inputs = self.processor(images=image, text=text, return_tensors="pt")
+    @staticmethod
+    def _generate(model, wrapper, image, text):
+        inputs = wrapper.processor(images=image, text=text, return_tensors="pt")
         with torch.inference_mode():
-            tokens = model.generate(**inputs, **settings)
-        return self.processor.decode(tokens[0], skip_special_tokens=True).strip()
+            tokens = model.generate(**inputs, **wrapper.generation)
+        return wrapper.processor.decode(tokens[0], skip_special_tokens=True).strip()
 
 
 @pytest.fixture(scope="module")
