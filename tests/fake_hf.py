@@ -4,26 +4,21 @@ Each key is told how to answer with a list of behaviours, used in turn (the last
 """
 
 import base64
-import io
 import json
 import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from PIL import Image
+from conftest import image_bytes
 
 
 def png(color="purple", size=(16, 16)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, "PNG")
-    return buffer.getvalue()
+    return image_bytes("PNG", size=size, color=color)
 
 
 def jpeg(color="orange") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), color).save(buffer, "JPEG")
-    return buffer.getvalue()
+    return image_bytes("JPEG", size=(16, 16), color=color)
 
 
 class FakeInferenceAPI:
