@@ -148,7 +148,6 @@ def register_errors(app: Flask) -> None:
                               "and report it if it keeps happening")
 
 
-
 def register_security(app: Flask) -> None:
     """Refuse cross-site posts; send the content security policy and nosniff with every response."""
 

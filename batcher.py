@@ -2,8 +2,8 @@
 
 Jobs of one group (same model, same prompt or question length) queued together run as one batch of
 at most max_batch. Interactive jobs run first, oldest first; background jobs run one at a time,
-newest first, and only after the queue has been idle a while, so they rarely hold up a person. The queue is bounded, and a
-job whose caller gave up is dropped before it runs.
+newest first, and only after the queue has been idle a while, so they rarely hold up a person.
+The queue is bounded, and a job whose caller gave up is dropped before it runs.
 """
 
 import atexit

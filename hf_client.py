@@ -25,6 +25,7 @@ FIRST_BACKOFF = 30.0  # seconds of cooling after a 429 that says nothing of when
 MAX_BACKOFF = 15 * 60.0
 CREDIT_WORDS = re.compile(r"credit|balance|quota|exceeded your monthly|payment", re.IGNORECASE)
 
+
 def mask(key: str) -> str:
     """A key as it may be shown: its first three and last four characters."""
     return f"{key[:3]}…{key[-4:]}" if len(key) >= 12 else "…"
