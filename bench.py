@@ -210,11 +210,12 @@ def fast_mode(paths: dict, pictures: list[bytes]) -> dict:
 
     report = {"native_bf16": models.cpu_has_fast_bf16()}
     images = [Image.open(io.BytesIO(picture)).convert("RGB") for picture in pictures[:3]]
-    settings = dict(num_beams=3, min_length=5, max_length=5)
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    settings = dict(num_beams=int(GENERATION["VQA_NUM_BEAMS"]), min_length=int(GENERATION["VQA_MIN_LENGTH"]),
+                    max_length=int(GENERATION["VQA_MAX_LENGTH"]))
     answers, seconds = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        from transformers import BlipForQuestionAnswering, BlipProcessor
-
         model = BlipForQuestionAnswering.from_pretrained(paths["vqa"], dtype=dtype).eval()
         answerer = models.Answerer(model, BlipProcessor.from_pretrained(paths["vqa"]), generation=settings)
         answerer.answer(images[0], QUESTIONS[0])
@@ -318,8 +319,9 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
         f"- Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gb']} GiB; CPU flags of note: {host['flags']}",
         f"- torch {host['torch']} ({host['torch_threads']} threads), transformers {host['transformers']}, "
         f"Python {host['python']}",
-        f"- Models: {weights}; fp32 on the CPU; captions 3 beams and exactly 20 tokens, answers 3 beams and "
-        "exactly 5 tokens (min = max length, so both do the same work)",
+        f"- Models: {weights}; fp32 on the CPU; captions {GENERATION['CAPTION_NUM_BEAMS']} beams and exactly "
+        f"{GENERATION['CAPTION_MAX_LENGTH']} tokens, answers {GENERATION['VQA_NUM_BEAMS']} beams and exactly "
+        f"{GENERATION['VQA_MAX_LENGTH']} tokens, the start token included (min = max length, so both do the same work)",
         "- Baseline (`bench_baseline.py`): `processor(images=..., text=...)` then `model.generate(**inputs)` for "
         "every request, one at a time under a lock",
         f"- Samples: {UPLOADS} uploads, {FIRST_QUESTIONS} first questions, {FOLLOW_UPS} follow-ups; throughput with "
