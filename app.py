@@ -15,7 +15,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 import images
 import settings
 from errors import AppError
-from hf_client import HFClient, read_keys
+from hf_client import HFClient
+from keys import read_keys
 from history import History
 from model_service import ModelService
 

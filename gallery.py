@@ -96,8 +96,7 @@ def generate(fields_given):
     folder = current_app.config["GENERATED_FOLDER"]
     record = {
         "generation_id": generation_id, "owner": owner(), "description": description, "parameters": parameters,
-        "filename": generation_id + image.extension, "mime_type": image.mime_type,
-        "path": shown_path(os.path.join(folder, generation_id + image.extension)), "created_at": now(),
+        "filename": generation_id + image.extension, "mime_type": image.mime_type, "created_at": now(),
     }
     keep(folder, record["filename"], image.data, service("history").add_generation, record)
     return record, image
@@ -140,10 +139,14 @@ def stored_image(record: dict) -> Callable[[], Image.Image]:
     return load
 
 
-def shown_path(path: str) -> str:
-    """A saved file's path relative to the app folder, or absolute when it lies outside it."""
-    relative = os.path.relpath(path, current_app.root_path)
-    return path if relative.startswith("..") else relative
+def shown_path(filename: str) -> str:
+    """Where a generated file lies, never absolute: relative to the app folder when the generated
+    folder is inside it, else relative to the generated folder's parent."""
+    folder = current_app.config["GENERATED_FOLDER"]
+    base = current_app.root_path
+    if os.path.relpath(folder, base).startswith(".."):
+        base = os.path.dirname(folder)
+    return os.path.relpath(os.path.join(folder, filename), base)
 
 
 def image_view(record: dict) -> dict:
@@ -167,7 +170,7 @@ def generation_view(record: dict) -> dict:
         "description": record["description"],
         "parameters": record["parameters"],
         "mime_type": record["mime_type"],
-        "path": record["path"],
+        "path": shown_path(record["filename"]),
         "image_url": url_for("api.generated_file", name=record["filename"]),
         "created_at": record["created_at"],
     }

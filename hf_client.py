@@ -1,11 +1,10 @@
 """HFClient: text-to-image on the Hugging Face inference API, over a pool of rotating API keys.
 
-No Flask inside. Keys never leave this module unmasked: not in an exception, a log line or a status.
+No Flask inside. Keys never leave the key pool: an upstream message is redacted before it is used.
 """
 
 import base64
 import binascii
-import logging
 import random
 import re
 import threading
@@ -17,25 +16,10 @@ from typing import Callable
 import requests
 
 import images
-from errors import ImageTooLarge, InvalidImage, KeysUnavailable, UpstreamError, UpstreamRejected, UpstreamTimeout
+from errors import ImageTooLarge, InvalidImage, UpstreamError, UpstreamRejected, UpstreamTimeout
+from keys import Key, KeyPool
 
-log = logging.getLogger(__name__)
-
-FIRST_BACKOFF = 30.0  # seconds of cooling after a 429 that says nothing of when to return
-MAX_BACKOFF = 15 * 60.0
 CREDIT_WORDS = re.compile(r"credit|balance|quota|exceeded your monthly|payment", re.IGNORECASE)
-
-
-def mask(key: str) -> str:
-    """A key as it may be shown: its first three and last four characters."""
-    return f"{key[:3]}…{key[-4:]}" if len(key) >= 12 else "…"
-
-
-def read_keys(text: str, separator: str | None = None) -> list[str]:
-    """Keys from a comma-separated setting or a file with one a line (blanks and # comments skipped)."""
-    lines = text.split(separator) if separator else text.splitlines()
-    keys = [line.split("#", 1)[0].strip() for line in lines]
-    return list(dict.fromkeys(key for key in keys if key))
 
 
 @dataclass(frozen=True)
@@ -45,98 +29,6 @@ class GeneratedImage:
     data: bytes
     mime_type: str
     extension: str
-
-
-@dataclass
-class Key:
-    """One API key and what is known of it."""
-
-    secret: str
-    state: str = "active"  # active, cooling, exhausted or disabled
-    until: float = 0.0  # when a cooling or exhausted key may be tried again
-    reason: str = ""
-    rate_limits: int = 0  # 429s in a row, for exponential back-off
-
-    def usable(self, now: float) -> bool:
-        return self.state == "active" or (self.state in ("cooling", "exhausted") and now >= self.until)
-
-
-class KeyPool:
-    """Round-robin over the usable keys; thread-safe; the clock is injectable."""
-
-    def __init__(self, secrets: list[str], clock: Callable[[], float] = time.time, exhausted_cooldown: float = 3600.0):
-        self.keys = [Key(secret) for secret in secrets]
-        self.clock = clock
-        self.exhausted_cooldown = exhausted_cooldown
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> Key:
-        """The next usable key; KeysUnavailable if there is none."""
-        with self._lock:
-            now = self.clock()
-            for offset in range(len(self.keys)):
-                key = self.keys[(self._next + offset) % len(self.keys)]
-                if key.usable(now):
-                    self._next = (self._next + offset + 1) % len(self.keys)
-                    if key.state != "active":
-                        key.state, key.reason = "active", ""
-                    return key
-            raise self._none_usable(now)
-
-    def _none_usable(self, now: float) -> KeysUnavailable:
-        if not self.keys:
-            return KeysUnavailable(
-                "no Hugging Face API key configured: set HF_API_KEYS or HF_API_KEYS_FILE", code="no_api_key")
-        returning = [key.until for key in self.keys if key.state in ("cooling", "exhausted")]
-        if not returning:
-            return KeysUnavailable(
-                "every Hugging Face API key is disabled (invalid, expired or not permitted): put a valid key "
-                "in HF_API_KEYS or HF_API_KEYS_FILE and restart", code="all_keys_disabled")
-        wait = max(1, int(min(returning) - now + 0.999))
-        return KeysUnavailable(
-            f"every Hugging Face API key is rate-limited or out of credits: try again in {wait} s",
-            code="all_keys_busy", headers={"Retry-After": str(wait)})
-
-    def succeeded(self, key: Key) -> None:
-        with self._lock:
-            key.rate_limits = 0
-
-    def cool(self, key: Key, seconds: float | None) -> None:
-        """A 429: rest the key for as long as the API asked, else for an exponential back-off."""
-        with self._lock:
-            key.rate_limits += 1
-            if seconds is None:
-                seconds = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (key.rate_limits - 1))
-            key.state, key.until, key.reason = "cooling", self.clock() + seconds, "rate limited (429)"
-        log.warning("Hugging Face key %s rate limited; resting it %.0f s", mask(key.secret), seconds)
-
-    def exhaust(self, key: Key) -> None:
-        """Out of credits: try it again after a long rest, since credits renew."""
-        with self._lock:
-            key.state, key.until = "exhausted", self.clock() + self.exhausted_cooldown
-            key.reason = "out of credits"
-        log.warning("Hugging Face key %s is out of credits; resting it %.0f s", mask(key.secret), self.exhausted_cooldown)
-
-    def disable(self, key: Key, reason: str) -> None:
-        """Invalid, expired or not permitted: not used again until a restart."""
-        with self._lock:
-            key.state, key.reason = "disabled", reason
-        log.warning("Hugging Face key %s disabled: %s", mask(key.secret), reason)
-
-    def status(self) -> list[dict]:
-        """Each key's masked name and state, and when a resting key returns."""
-        with self._lock:
-            now = self.clock()
-            shown = []
-            for key in self.keys:
-                entry = {"key": mask(key.secret), "state": "active" if key.usable(now) else key.state}
-                if entry["state"] != "active":
-                    entry["reason"] = key.reason
-                if entry["state"] in ("cooling", "exhausted"):
-                    entry["retry_in_seconds"] = round(key.until - now, 1)
-                shown.append(entry)
-            return shown
 
 
 class HFClient:
@@ -153,7 +45,7 @@ class HFClient:
         self._local = threading.local()
 
     def status(self) -> list[dict]:
-        """The keys' masked states."""
+        """The keys' states, each by position and fingerprint."""
         return self.pool.status()
 
     def generate(self, description: str, parameters: dict) -> GeneratedImage:
@@ -236,7 +128,7 @@ class HFClient:
         return GeneratedImage(data, mime_type, extension)
 
     def _message(self, response: requests.Response) -> str:
-        """The API's own error message, short, with any key masked."""
+        """The API's own error message, short, with every fragment of a key hidden."""
         if response.status_code == 200:
             return ""
         try:
@@ -244,10 +136,8 @@ class HFClient:
             text = "; ".join(map(str, error)) if isinstance(error, list) else str(error)
         except (ValueError, AttributeError):
             text = response.text
-        text = " ".join(text.split())[:300] or response.reason or "no message"
-        for key in self.pool.keys:
-            text = text.replace(key.secret, mask(key.secret))
-        return text
+        # Keys are hidden in the whole text before it is cut, so that no part of one survives the cut.
+        return " ".join(self.pool.redact(text).split())[:300] or response.reason or "no message"
 
     def _session(self) -> requests.Session:
         # requests.Session is not thread-safe: one a thread, each keeping its connections.

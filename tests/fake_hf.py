@@ -21,6 +21,12 @@ def jpeg(color="orange") -> bytes:
     return image_bytes("JPEG", size=(16, 16), color=color)
 
 
+def echo_pieces(authorization: str) -> bytes:
+    """A plain-text error quoting pieces of the key: its middle, its last 9 characters, reversed 8-grams."""
+    key = authorization.removeprefix("Bearer ")
+    return f"token {key[3:15]} ends in {key[-9:]}; checked {key[:8][::-1]}".encode()
+
+
 class FakeInferenceAPI:
     """Records every request (path, key, JSON body, headers) and answers as scripted per key."""
 
@@ -84,6 +90,10 @@ class FakeInferenceAPI:
             "422": (422, "application/json", b'{"error": ["Input validation error: inputs must be text"]}'),
             "echo-key": (400, "application/json",
                          json.dumps({"error": "bad token " + handler.headers["Authorization"]}).encode()),
+            # The key past the 300 characters an error message is cut to, and pieces of it.
+            "echo-key-late": (400, "application/json",
+                              json.dumps({"error": "x" * 280 + " " + handler.headers["Authorization"]}).encode()),
+            "echo-key-pieces": (400, "text/plain", echo_pieces(handler.headers["Authorization"])),
         }[behaviour]
         handler.send_response(status)
         handler.send_header("Content-Type", content_type)

@@ -1,11 +1,13 @@
 import base64
 import logging
+import os
 
 import pytest
 
 from conftest import stored_files
 from fake_hf import png
 from hf_client import HFClient
+from keys import fingerprint
 
 KEYS = ["hf_genAAAAAAAAAAAA1111", "hf_genBBBBBBBBBBBB2222"]
 
@@ -36,7 +38,8 @@ def test_generate_saves_the_image_and_its_record(generating_app, api, data_dir):
     body = response.get_json()
     assert set(body) >= {"generation_id", "image", "mime_type", "path", "image_url", "created_at"}
     assert base64.b64decode(body["image"]) == png() and body["mime_type"] == "image/png"
-    assert body["path"] == str(data_dir / "uploads" / "generated" / f"{body['generation_id']}.png")
+    assert body["path"] == os.path.join("generated", f"{body['generation_id']}.png")
+    assert str(data_dir) not in response.get_data(as_text=True)
     assert (data_dir / "uploads" / "generated" / f"{body['generation_id']}.png").read_bytes() == png()
     assert api.requests[0]["body"] == {"inputs": "a lighthouse at dusk", "parameters": {
         "height": 512, "width": 768, "num_inference_steps": 25, "guidance_scale": 7.5,
@@ -120,20 +123,22 @@ def test_upstream_failures_save_nothing(generating_app, api, data_dir, behaviour
 
 
 def test_keys_appear_nowhere(generating_app, api, data_dir, caplog):
-    api.script = {KEYS[0]: ["401"], KEYS[1]: ["echo-key", "ok"]}
+    api.script = {KEYS[0]: ["401"], KEYS[1]: ["echo-key", "echo-key-late", "echo-key-pieces", "ok"]}
     app = generating_app()
     client = app.test_client()
     with caplog.at_level(logging.DEBUG):
-        texts = [client.post("/generate", json={"description": "a cat"}).get_data(as_text=True) for _ in range(2)]
+        texts = [client.post("/generate", json={"description": "a cat"}).get_data(as_text=True) for _ in range(4)]
         texts.append(client.get("/healthz").get_data(as_text=True))
         texts.append(client.get("/history").get_data(as_text=True))
     texts.append((data_dir / "history.json").read_text())
     texts.append(caplog.text)
     for key in KEYS:
-        assert all(key not in text for text in texts)
+        for start in range(len(key) - 7):
+            assert all(key[start : start + 8] not in text for text in texts)
     keys = client.get("/healthz").get_json()["keys"]
-    assert keys == [{"key": "hf_…1111", "state": "disabled", "reason": "invalid or expired (401)"},
-                    {"key": "hf_…2222", "state": "active"}]
+    assert keys == [{"position": 1, "fingerprint": fingerprint(KEYS[0]), "state": "disabled",
+                     "reason": "invalid or expired (401)"},
+                    {"position": 2, "fingerprint": fingerprint(KEYS[1]), "state": "active"}]
 
 
 def test_healthz_shows_when_a_cooling_key_returns(generating_app, api, clock):
@@ -142,7 +147,8 @@ def test_healthz_shows_when_a_cooling_key_returns(generating_app, api, clock):
     client.post("/generate", json={"description": "a cat"})
     clock.now += 30
     keys = client.get("/healthz").get_json()["keys"]
-    assert keys[0] == {"key": "hf_…1111", "state": "cooling", "reason": "rate limited (429)", "retry_in_seconds": 60}
+    assert keys[0] == {"position": 1, "fingerprint": fingerprint(KEYS[0]), "state": "cooling",
+                       "reason": "rate limited (429)", "retry_in_seconds": 60}
 
 
 def test_keys_come_from_the_file_before_the_environment(make_app, tmp_path, api):
@@ -156,13 +162,12 @@ def test_keys_come_from_the_file_before_the_environment(make_app, tmp_path, api)
     assert api.requests[0]["path"] == "/models/some/model"
 
 
-def test_the_saved_path_is_relative_to_the_app_folder_when_inside_it(make_app):
-    import os
-
+def test_the_saved_path_is_never_absolute(make_app):
     import gallery
 
     app = make_app()
     with app.app_context():
-        inside = os.path.join(app.root_path, "uploads", "generated", "x.png")
-        assert gallery.shown_path(inside) == os.path.join("uploads", "generated", "x.png")
-        assert gallery.shown_path("/elsewhere/x.png") == "/elsewhere/x.png"
+        assert gallery.shown_path("x.png") == os.path.join("generated", "x.png")
+    inside = make_app(GENERATED_FOLDER=os.path.join(app.root_path, "uploads", "generated"))
+    with inside.app_context():
+        assert gallery.shown_path("x.png") == os.path.join("uploads", "generated", "x.png")

@@ -6,7 +6,8 @@ from PIL import Image
 
 from errors import KeysUnavailable, UpstreamError, UpstreamRejected, UpstreamTimeout
 from fake_hf import png
-from hf_client import HFClient, mask, read_keys
+from hf_client import HFClient
+from keys import Redactor, fingerprint, read_keys
 
 KEYS = ["hf_keyAAAAAAAAAAAA1111", "hf_keyBBBBBBBBBBBB2222", "hf_keyCCCCCCCCCCCC3333"]
 A, B, C = KEYS
@@ -212,13 +213,44 @@ def test_keys_never_leave_the_client(api, client, caplog):
             client.generate("x", {})
         client.generate("x", {})
     shown = rejected.value.message + repr(client.status()) + caplog.text
-    assert mask(B) in rejected.value.message
+    assert "bad token Bearer [hidden]" in rejected.value.message
+    assert_no_fragment(shown)
+
+
+@pytest.mark.parametrize("behaviour", ["echo-key-late", "echo-key-pieces"])
+def test_no_fragment_of_a_key_survives_an_error_message(api, client, caplog, behaviour):
+    api.script = {A: [behaviour]}
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(UpstreamRejected) as rejected:
+            client.generate("x", {})
+    assert "[hidden]" in rejected.value.message
+    assert_no_fragment(rejected.value.message + caplog.text)
+
+
+def assert_no_fragment(text, length=8):
+    """No run of `length` characters of any key appears in text (nor its last four)."""
     for key in KEYS:
-        assert key not in shown
+        assert key[-4:] not in text
+        for start in range(len(key) - length + 1):
+            assert key[start : start + length] not in text, key[start : start + length]
 
 
-def test_status_masks_keys(client):
-    assert [entry["key"] for entry in client.status()] == ["hf_…1111", "hf_…2222", "hf_…3333"]
+def test_redactor_hides_every_run_of_eight_or_more():
+    redact = Redactor(["hf_secretSECRET1234", "short"])
+    assert redact("a hf_secretSECRET1234 b") == "a [hidden] b"
+    assert redact("tail SECRET1234.") == "tail [hidden]."
+    assert redact("half secretSE and cretSECR overlap") == "half [hidden] and [hidden] overlap"
+    assert redact("seven: SECRET1 is shown") == "seven: SECRET1 is shown"
+    assert redact("a short key") == "a [hidden] key"
+    assert Redactor([])("nothing hidden") == "nothing hidden"
+
+
+def test_status_names_keys_by_position_and_fingerprint(client):
+    status = client.status()
+    assert [(entry["position"], entry["fingerprint"]) for entry in status] == [
+        (1, fingerprint(A)), (2, fingerprint(B)), (3, fingerprint(C))]
+    assert all(len(entry["fingerprint"]) == 8 and entry["fingerprint"] not in "".join(KEYS) for entry in status)
+    assert_no_fragment(repr(status), length=4)
 
 
 def test_read_keys():
