@@ -19,7 +19,10 @@ def request_fields():
     """The request's fields: a JSON object body, or form fields."""
     if not request.is_json:
         return request.form
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes: not a body of fields either
+        body = None
     if not isinstance(body, dict):
         raise InvalidInput("the body is not a JSON object: send fields as {\"name\": \"value\", ...}",
                            code="invalid_json")
@@ -33,7 +36,7 @@ def with_image(view: dict, data: bytes) -> dict:
 
 @bp.post("/upload")
 def upload():
-    record, picture = gallery.upload(request.files.get("image"), request.form)
+    record, picture = gallery.upload(request.files, request.form)
     return jsonify(with_image(gallery.image_view(record), picture.data)), 201
 
 

@@ -1,6 +1,14 @@
 """Reading request fields (form or JSON) into checked values; a bad one is a 400 naming it."""
 
+import re
+
 from errors import InvalidInput
+
+# Lone surrogates cannot be stored as UTF-8; control characters (but tab and newlines) are never text.
+NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# Only ASCII digits: Python's int() and float() would take '٣', '1_000', 'nan' and 'inf' too.
+WHOLE = re.compile(r"[+-]?[0-9]+")
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def text(fields, name: str, *, max_length: int, required: bool = True) -> str | None:
@@ -13,6 +21,9 @@ def text(fields, name: str, *, max_length: int, required: bool = True) -> str | 
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"'{name}' must be text", code=f"invalid_{name}")
+    if NOT_TEXT.search(value):
+        raise InvalidInput(f"'{name}' holds characters that are not text (a control character or a lone "
+                           "surrogate): remove them and send it again", code=f"invalid_{name}")
     value = value.strip()
     if len(value) > max_length:
         raise InvalidInput(f"'{name}' is {len(value)} characters long; the limit is {max_length}: shorten it",
@@ -30,7 +41,11 @@ def number(fields, name: str, *, low, high, kind=int, multiple_of: int = 1, defa
     try:
         if isinstance(value, bool):
             raise ValueError(value)
-        parsed = kind(value.strip() if isinstance(value, str) else value)
+        if isinstance(value, str):
+            value = value.strip()
+            if not (WHOLE if kind is int else DECIMAL).fullmatch(value):
+                raise ValueError(value)
+        parsed = kind(value)
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
     except (TypeError, ValueError, OverflowError):

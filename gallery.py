@@ -56,13 +56,19 @@ def client_gone() -> bool:
         return True
 
 
-def upload(file, form) -> tuple[dict, images.Picture]:
+def upload(files, form) -> tuple[dict, images.Picture]:
     """Validate an uploaded file (and an optional caption prompt), caption it, keep it."""
-    if file is None:
+    sent = files.getlist("image")
+    if not sent:
         raise InvalidInput("no image in the request: send the file in the multipart field 'image'",
                            code="missing_image")
+    if len(sent) > 1:
+        raise InvalidInput(f"{len(sent)} files came in the field 'image': send one image per upload",
+                           code="too_many_files")
+    file = sent[0]
     images.check_filename(file.filename or "")
     prompt = fields.text(form, "prompt", max_length=MAX_PROMPT, required=False)
+    service("models").check_prompt(prompt)
     config = current_app.config
     picture = images.read_image(file.stream, max_pixels=config["MAX_IMAGE_PIXELS"], max_bytes=config["MAX_IMAGE_BYTES"])
     caption = service("models").caption(picture.pixels, prompt, client_gone)

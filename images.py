@@ -1,11 +1,12 @@
 """Image validation and storage: what an upload must be before anything else sees it."""
 
+import functools
 import io
 import os
 import tempfile
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from errors import ImageTooLarge, InvalidImage
 
@@ -51,13 +52,15 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
             image_format = "PNG" if image.format == "PNG" else "JPEG"
             image.seek(0)
             image.load()
-            pixels = to_rgb(ImageOps.exif_transpose(image))
+            pixels = to_srgb(ImageOps.exif_transpose(image))
+            # Pixels only: no EXIF (GPS), comment, text or profile of the upload reaches the stored file.
+            pixels.info = {}
     except Image.DecompressionBombError:
         raise too_many_pixels(limit) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InvalidImage(
-            "the file is not a readable PNG or JPEG image (it may be another format, damaged or "
-            "truncated): upload a PNG or JPEG file",
+            "the file is not a readable PNG or JPEG image (it may be another format, damaged, truncated "
+            "or carry oversized metadata): upload a PNG or JPEG file",
             code="not_an_image",
         ) from error
     return encode(pixels, image_format)
@@ -87,6 +90,26 @@ def too_many_pixels(limit: int, size: str = "too many pixels") -> ImageTooLarge:
         f"the image has {size}, more than the limit of {limit:,} pixels: upload a smaller image",
         code="image_too_large",
     )
+
+
+@functools.cache
+def srgb() -> ImageCms.ImageCmsProfile:
+    """The sRGB profile stored images are in."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def to_srgb(image: Image.Image) -> Image.Image:
+    """8-bit sRGB: colours converted through the image's own ICC profile, when it has a usable one."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+        space = profile.profile.xcolor_space.strip()
+        if space == "CMYK" and image.mode == "CMYK":
+            return ImageCms.profileToProfile(image, profile, srgb(), outputMode="RGB")
+        if space == "RGB":
+            return ImageCms.profileToProfile(to_rgb(image), profile, srgb(), outputMode="RGB")
+    except (KeyError, TypeError, OSError, ImageCms.PyCMSError):
+        pass  # no profile, or one that cannot be used: the pixels are taken to be sRGB already
+    return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -17,7 +17,7 @@ from typing import Callable
 from PIL import Image
 
 from batcher import Batcher, QueueFull
-from errors import ModelBusy, ModelTimeout, ModelUnavailable
+from errors import InvalidInput, ModelBusy, ModelTimeout, ModelUnavailable
 
 POLL = 0.1  # seconds between checks that the caller is still there
 
@@ -74,6 +74,15 @@ class ModelService:
         """A caption of the image, batched with other captions of the same prompt."""
         self._check(self.captioner)
         return self._wait(self._submit(self._run_captions, ("caption", prompt), (image, prompt)), gave_up)
+
+    def check_prompt(self, prompt: str | None) -> None:
+        """Refuse, before any work, a caption prompt that leaves the captioner no room to go on."""
+        if prompt is None:
+            return
+        self._check(self.captioner)
+        if not self.captioner.prompt_fits(prompt):
+            raise InvalidInput("'prompt' is too long for the caption model: the caption continues it within "
+                               "CAPTION_MAX_LENGTH tokens, so shorten it to a few words", code="prompt_too_long")
 
     def answer(self, image_id: str, load: Callable[[], Image.Image], question: str,
                gave_up: Callable[[], bool] = bool) -> str:

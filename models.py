@@ -140,6 +140,11 @@ class Captioner(BlipModel):
         """A caption of the image; with a prompt, its continuation (the prompt kept at the front)."""
         return self.caption_batch([image], prompt)[0]
 
+    def prompt_fits(self, prompt: str) -> bool:
+        """Whether a caption can go on after the prompt: its tokens stay under the generation's max_length."""
+        length = len(self.processor.tokenizer(prompt)["input_ids"]) - 1  # [CLS] becomes BOS, [SEP] goes
+        return length < self.generation.get("max_length", self.model.generation_config.max_length)
+
     def caption_batch(self, images: list[Image.Image], prompt: str | None = None) -> list[str]:
         """Captions of several images that share one prompt (or none), computed as one batch."""
         embeds = self.embed(images)

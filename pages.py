@@ -63,7 +63,7 @@ def image_page(image_id):
 @bp.post("/page/upload")
 def upload_form():
     check_csrf()
-    record, _ = gallery.upload(request.files.get("image"), request.form)
+    record, _ = gallery.upload(request.files, request.form)
     return redirect(url_for("pages.image_page", image_id=record["image_id"]), 303)
 
 

@@ -13,6 +13,9 @@ class FakeCaptioner:
     def __init__(self):
         self.calls = []
 
+    def prompt_fits(self, prompt):
+        return True
+
     def caption_batch(self, images, prompt=None):
         self.calls += [(image.mode, image.size, prompt) for image in images]
         return ["a fake caption"] * len(images)
