@@ -1,18 +1,22 @@
 """The JSON API: each view reads the request, calls the gallery once, and shapes the answer."""
 
 import base64
+import re
 
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
 import fields
 import gallery
+import images
 import settings
-from errors import InvalidInput
+from errors import InvalidInput, NotFound
 from gallery import service
 
 bp = Blueprint("api", __name__)
 
 PAGE_LIMIT = 200
+# The names the app gives stored files; nothing else in the folders is ever served.
+STORED_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(\.png|\.jpg)")
 
 
 def request_fields():
@@ -43,9 +47,9 @@ def upload():
 @bp.post("/question")
 def question():
     record, answer = gallery.ask(request_fields())
-    entry = record["questions"][-1]
-    return jsonify(image_id=record["image_id"], question=entry["question"], answer=answer,
-                   caption=record["caption"], history=record["questions"])
+    thread = gallery.thread(record)
+    return jsonify(image_id=record["image_id"], question=thread[-1]["question"], answer=answer,
+                   caption=record["caption"], history=thread)
 
 
 @bp.post("/generate")
@@ -73,12 +77,21 @@ def generation(generation_id):
 
 @bp.get("/uploads/<name>")
 def uploaded_file(name):
-    return send_from_directory(current_app.config["UPLOAD_FOLDER"], name)
+    return send_stored(current_app.config["UPLOAD_FOLDER"], name)
 
 
 @bp.get("/generated/<name>")
 def generated_file(name):
-    return send_from_directory(current_app.config["GENERATED_FOLDER"], name)
+    return send_stored(current_app.config["GENERATED_FOLDER"], name)
+
+
+def send_stored(folder: str, name: str):
+    """A stored image, always with its image content type (and nosniff, as every response)."""
+    found = STORED_NAME.fullmatch(name)
+    if found is None:
+        raise NotFound("there is no stored image by that name: use the image_url an answer gave",
+                       code="file_not_found")
+    return send_from_directory(folder, name, mimetype=images.MIME_TYPES[found.group(1)])
 
 
 @bp.get("/healthz")

@@ -7,7 +7,9 @@ models before the first request: `app` is a lazy module attribute (PEP 562) buil
 import logging
 import os
 import secrets
+import socket
 import tempfile
+from urllib.parse import urlsplit
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -45,6 +47,9 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
     # Room for the multipart envelope around a file of MAX_IMAGE_BYTES.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_IMAGE_BYTES"] + 64 * 1024
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["TRUSTED_HOST_NAMES"] = trusted_hosts(app.config)
+    # Checked by register_security: werkzeug's own check of TRUSTED_HOSTS cannot match an IPv6 name (::1).
+    app.config["TRUSTED_HOSTS"] = None
     app.secret_key = app.config["SECRET_KEY"] or instance_secret_key(app.instance_path)
     app.json.sort_keys = False
 
@@ -104,6 +109,46 @@ def build_hf_client(config):
                     exhausted_cooldown=config["HF_EXHAUSTED_COOLDOWN"])
 
 
+WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+
+
+def trusted_hosts(config) -> list[str]:
+    """The host names this app answers to: TRUSTED_HOSTS, else the local names and HOST."""
+    given = config["TRUSTED_HOSTS"] or ""
+    if isinstance(given, str):
+        given = [name.strip().lower().strip("[]") for name in given.split(",") if name.strip()]
+    if given:
+        return list(given)
+    names = ["localhost", "127.0.0.1", "::1"]
+    host = config["HOST"].strip("[]")
+    if host in WILDCARD_HOSTS:
+        names.append(socket.gethostname().lower())
+        log.warning("HOST=%s listens on every address, but only %s are trusted host names: set TRUSTED_HOSTS to "
+                    "the names clients use to reach this server", config["HOST"] or "''", ", ".join(names))
+    elif host.lower() not in names:
+        names.append(host.lower())
+    return names
+
+
+def host_is_trusted(host: str | None, trusted: list[str]) -> bool:
+    """Whether a Host header (name and port) names one of the trusted hosts (".example.org": any below it)."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return False
+    return bool(host) and name is not None and any(
+        name == ref or (ref.startswith(".") and name.endswith(ref)) for ref in trusted)
+
+
+def site(url: str) -> tuple | None:
+    """A URL's scheme, host name and port, as browsers compare origins (host names in any case)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
+
+
 def instance_secret_key(instance_path: str) -> str:
     """The session key kept in the instance folder (0600), made once; the first worker's wins."""
     path = os.path.join(instance_path, "secret_key")
@@ -150,13 +195,23 @@ def register_errors(app: Flask) -> None:
 
 
 def register_security(app: Flask) -> None:
-    """Refuse cross-site posts; send the content security policy and nosniff with every response."""
+    """Answer only trusted host names; refuse cross-site posts; send the security headers with every response."""
+
+    @app.before_request
+    def trusted_hosts_only():
+        # A DNS rebinding page reaches this server under its own name: refuse every name not configured.
+        if not host_is_trusted(request.host, app.config["TRUSTED_HOST_NAMES"]):
+            return error_response(400, "untrusted_host",
+                                  "this server does not answer to that host name: use one in TRUSTED_HOSTS, "
+                                  "or add this one there")
+        return None
 
     @app.before_request
     def same_origin_posts_only():
-        # Browsers send Origin with every cross-site POST; curl and scripts send none.
+        # Browsers send Origin with every cross-site POST; curl and scripts send none. The Host it is
+        # compared with is a trusted one (checked above).
         origin = request.headers.get("Origin")
-        if request.method == "POST" and origin is not None and origin != request.host_url.rstrip("/"):
+        if request.method == "POST" and origin is not None and site(origin) != site(request.host_url):
             return error_response(403, "cross_origin",
                                   "this request came from another site: use the page or the API directly")
         return None

@@ -84,12 +84,13 @@ def upload(files, form) -> tuple[dict, images.Picture]:
 
 
 def ask(fields_given) -> tuple[dict, str]:
-    """Answer a question about a kept image and add it to the image's thread; return the record and answer."""
+    """Answer a question about a kept image and add it to the caller's thread; return the record and answer."""
     question = fields.text(fields_given, "question", max_length=MAX_QUESTION)
     image_id = fields.text(fields_given, "image_id", max_length=100)
     record = service("history").image(image_id)
     answer = service("models").answer(image_id, stored_image(record), question, client_gone)
-    record = service("history").add_question(image_id, {"question": question, "answer": answer, "asked_at": now()})
+    entry = {"question": question, "answer": answer, "asked_at": now(), "owner": owner()}
+    record = service("history").add_question(image_id, entry)
     return record, answer
 
 
@@ -165,8 +166,19 @@ def image_view(record: dict) -> dict:
         "mime_type": record["mime_type"],
         "image_url": url_for("api.uploaded_file", name=record["filename"]),
         "created_at": record["created_at"],
-        "questions": record["questions"],
+        "questions": thread(record),
     }
+
+
+def thread(record: dict) -> list[dict]:
+    """The questions the caller's session asked about an image, with their answers, oldest first.
+
+    An image id lets anyone see the image and ask about it, but each session sees only its own
+    thread. Entries from before threads were kept per session belong to the image's owner.
+    """
+    viewer = session.get("owner")
+    return [{"question": entry["question"], "answer": entry["answer"], "asked_at": entry["asked_at"]}
+            for entry in record["questions"] if entry.get("owner", record["owner"]) == viewer]
 
 
 def generation_view(record: dict) -> dict:

@@ -12,6 +12,7 @@ from errors import ImageTooLarge, InvalidImage
 
 ALLOWED_EXTENSIONS = {".png", ".jpg", ".jpeg"}
 FORMATS = {"PNG": ("image/png", ".png"), "JPEG": ("image/jpeg", ".jpg")}
+MIME_TYPES = {extension: mime_type for mime_type, extension in FORMATS.values()}
 JPEG_QUALITY = 95
 
 

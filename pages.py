@@ -26,9 +26,9 @@ def csrf_token() -> str:
 
 
 def check_csrf() -> None:
-    """Refuse a form post without the session's token."""
-    sent = request.form.get("csrf_token", "")
-    if not hmac.compare_digest(sent, session.get("csrf", "")):
+    """Refuse a form post that does not carry the token its session holds (a session without one has none to match)."""
+    sent, held = request.form.get("csrf_token", ""), session.get("csrf", "")
+    if not held or not hmac.compare_digest(sent.encode(), held.encode()):
         raise InvalidInput("the form has expired or did not come from this site: reload the page and try again",
                            code="csrf_failed")
 

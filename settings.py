@@ -31,6 +31,7 @@ DEFAULTS = {
     "MAX_IMAGE_BYTES": 16 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 40_000_000,
     "SECRET_KEY": "",
+    "TRUSTED_HOSTS": "",
     "HOST": "127.0.0.1",
     "PORT": 5000,
 }

@@ -62,3 +62,24 @@ def stop(process: subprocess.Popen) -> None:
 
 PYTHON = sys.executable
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+
+
+class Serving:
+    """An app served over real HTTP on 127.0.0.1 by werkzeug's threaded server, in this process."""
+
+    def __init__(self, app):
+        import threading
+
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

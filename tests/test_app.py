@@ -207,7 +207,7 @@ def test_history_paging_errors(make_app, query):
         ("delete", "/history", 405, "method_not_allowed"),
         ("get", "/uploads/../history.json", 404, "not_found"),
         ("get", "/uploads/%2e%2e%2fhistory.json", 404, "not_found"),
-        ("get", "/uploads/nothing.png", 404, "not_found"),
+        ("get", "/uploads/nothing.png", 404, "file_not_found"),
     ],
 )
 def test_http_errors_are_json(make_app, method, path, status, code):
