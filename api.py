@@ -40,8 +40,8 @@ def with_image(view: dict, data: bytes) -> dict:
 
 @bp.post("/upload")
 def upload():
-    record, picture = gallery.upload(request.files, request.form)
-    return jsonify(with_image(gallery.image_view(record), picture.data)), 201
+    record, stored = gallery.upload(request.files, request.form)
+    return jsonify(with_image(gallery.image_view(record), stored.data)), 201
 
 
 @bp.post("/question")

@@ -9,6 +9,7 @@ import os
 import secrets
 import socket
 import tempfile
+import threading
 from urllib.parse import urlsplit
 
 from flask import Flask, jsonify, request
@@ -62,7 +63,8 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
     app.extensions["models"] = ModelService(
         captioner, answerer, cache_bytes=app.config["CACHE_MAX_MB"] << 20, max_batch=app.config["MAX_BATCH"],
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000, max_queue=app.config["MAX_QUEUE"],
-        timeout=app.config["MODEL_TIMEOUT"])
+        max_background=app.config["MAX_BACKGROUND"], timeout=app.config["MODEL_TIMEOUT"])
+    app.extensions["decoding"] = threading.BoundedSemaphore(app.config["MAX_DECODES"])
     app.extensions["hf_client"] = hf_client or build_hf_client(app.config)
     app.extensions["history"] = History(app.config["HISTORY_FILE"])
     os.makedirs(app.config["UPLOAD_FOLDER"], exist_ok=True)

@@ -3,7 +3,8 @@
 Jobs of one group (same model, same prompt or question length) queued together run as one batch of
 at most max_batch. Interactive jobs run first, oldest first; background jobs run one at a time,
 newest first, and only after the queue has been idle a while, so they rarely hold up a person.
-The queue is bounded, and a job whose caller gave up is dropped before it runs.
+Both queues are bounded: a person's job past the bound is refused, a background job past it pushes
+out the oldest one. A job whose caller gave up is dropped before it runs.
 """
 
 import atexit
@@ -37,9 +38,10 @@ class Job:
 class Batcher:
     """Runs submitted jobs on one thread, batching jobs of the same group."""
 
-    def __init__(self, *, max_batch: int = 8, batch_wait: float = 0.005, max_queue: int = 32,
+    def __init__(self, *, max_batch: int = 8, batch_wait: float = 0.005, max_queue: int = 32, max_background: int = 16,
                  background_idle: float = 0.3, clock: Callable[[], float] = time.monotonic):
         self.max_batch, self.batch_wait, self.max_queue = max_batch, batch_wait, max_queue
+        self.max_background = max_background
         self.background_idle = background_idle
         self.clock = clock
         self.batch_seconds = 1.0  # a running average, for telling a refused caller when to return
@@ -65,13 +67,18 @@ class Batcher:
         self._thread.join(timeout)
 
     def submit(self, run: Callable[[list], list], group: Hashable, payload, *, background: bool = False) -> Future:
-        """Queue one job; its future gets the job's own result. QueueFull if the queue is full."""
+        """Queue one job; its future gets the job's own result.
+
+        QueueFull if a person's queue is full; a full background queue cancels its oldest job instead.
+        """
         job = Job(run, group, payload, self.clock(), background)
         with self._changed:
             if self._closed:
                 raise QueueFull()
             if background:
                 self._background.append(job)
+                while len(self._background) > self.max_background:
+                    self._background.popleft().future.cancel()
             else:
                 self._drop_cancelled()
                 if len(self._interactive) >= self.max_queue:

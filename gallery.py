@@ -56,7 +56,7 @@ def client_gone() -> bool:
         return True
 
 
-def upload(files, form) -> tuple[dict, images.Picture]:
+def upload(files, form) -> tuple[dict, images.Encoded]:
     """Validate an uploaded file (and an optional caption prompt), caption it, keep it."""
     sent = files.getlist("image")
     if not sent:
@@ -68,19 +68,30 @@ def upload(files, form) -> tuple[dict, images.Picture]:
     file = sent[0]
     images.check_filename(file.filename or "")
     prompt = fields.text(form, "prompt", max_length=MAX_PROMPT, required=False)
-    service("models").check_prompt(prompt)
-    config = current_app.config
-    picture = images.read_image(file.stream, max_pixels=config["MAX_IMAGE_PIXELS"], max_bytes=config["MAX_IMAGE_BYTES"])
-    caption = service("models").caption(picture.pixels, prompt, client_gone)
+    service("models").check_caption(prompt)
+    stored, model_input = decode(file.stream)
+    caption = service("models").caption(model_input, prompt, client_gone)
     image_id = str(uuid.uuid4())
     record = {
-        "image_id": image_id, "owner": owner(), "filename": image_id + picture.extension,
-        "original_name": secure_filename(file.filename or "")[:100] or None, "mime_type": picture.mime_type,
+        "image_id": image_id, "owner": owner(), "filename": image_id + stored.extension,
+        "original_name": secure_filename(file.filename or "")[:100] or None, "mime_type": stored.mime_type,
         "prompt": prompt, "caption": caption, "created_at": now(), "questions": [],
     }
-    keep(config["UPLOAD_FOLDER"], record["filename"], picture.data, service("history").add_image, record)
-    service("models").prepare(image_id, picture.pixels)  # so that even the first question is quick
-    return record, picture
+    keep(current_app.config["UPLOAD_FOLDER"], record["filename"], stored.data, service("history").add_image, record)
+    service("models").prepare(image_id, stored_image(record))  # so that even the first question is quick
+    return record, stored
+
+
+def decode(stream) -> tuple[images.Encoded, object]:
+    """An upload decoded in one of MAX_DECODES slots: its file to store and the captioner's input.
+
+    The full-size pixels (up to MAX_IMAGE_PIXELS x 3 bytes) live only inside this call, so at most
+    MAX_DECODES of them exist at once; a request waiting for the captioner holds only its input.
+    """
+    config = current_app.config
+    with service("decoding"):
+        picture = images.read_image(stream, max_pixels=config["MAX_IMAGE_PIXELS"], max_bytes=config["MAX_IMAGE_BYTES"])
+        return picture.file, service("models").caption_input(picture.pixels)
 
 
 def ask(fields_given) -> tuple[dict, str]:

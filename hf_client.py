@@ -9,7 +9,6 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Callable
 
@@ -20,15 +19,6 @@ from errors import ImageTooLarge, InvalidImage, UpstreamError, UpstreamRejected,
 from keys import Key, KeyPool
 
 CREDIT_WORDS = re.compile(r"credit|balance|quota|exceeded your monthly|payment", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class GeneratedImage:
-    """Image bytes as the API sent them, checked to be a PNG or JPEG."""
-
-    data: bytes
-    mime_type: str
-    extension: str
 
 
 class HFClient:
@@ -48,7 +38,7 @@ class HFClient:
         """The keys' states, each by position and fingerprint."""
         return self.pool.status()
 
-    def generate(self, description: str, parameters: dict) -> GeneratedImage:
+    def generate(self, description: str, parameters: dict) -> images.Encoded:
         """An image for the description; the errors say whose fault a failure was."""
         body = {"inputs": description, "parameters": parameters}
         give_up_at = self.clock() + self.deadline
@@ -70,7 +60,7 @@ class HFClient:
                                         code="upstream_unreachable")
             else:
                 outcome = self._judge(key, response)
-                if isinstance(outcome, GeneratedImage):
+                if isinstance(outcome, images.Encoded):
                     self.pool.succeeded(key)
                     return outcome
                 if outcome is None:
@@ -113,7 +103,7 @@ class HFClient:
             f"the Hugging Face inference API answered {status} ({message}): check SD_MODEL and HF_INFERENCE_URL",
             code="upstream_rejected")
 
-    def _image(self, response: requests.Response) -> GeneratedImage:
+    def _image(self, response: requests.Response) -> images.Encoded:
         data = response.content
         if "json" in response.headers.get("Content-Type", ""):
             try:
@@ -125,7 +115,7 @@ class HFClient:
         except (InvalidImage, ImageTooLarge):
             raise UpstreamError("the Hugging Face inference API sent something that is not a readable PNG or "
                                 "JPEG image: try again later") from None
-        return GeneratedImage(data, mime_type, extension)
+        return images.Encoded(data, mime_type, extension)
 
     def _message(self, response: requests.Response) -> str:
         """The API's own error message, short, with every fragment of a key hidden."""

@@ -17,13 +17,20 @@ JPEG_QUALITY = 95
 
 
 @dataclass(frozen=True)
-class Picture:
-    """A decoded RGB image and its re-encoded bytes, ready to store."""
+class Encoded:
+    """An image file's bytes, checked to be a PNG or JPEG, with its type."""
 
-    pixels: Image.Image
     data: bytes
     mime_type: str
     extension: str
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A decoded RGB image and its re-encoded file, ready to store."""
+
+    pixels: Image.Image
+    file: Encoded
 
 
 def check_filename(filename: str) -> None:
@@ -53,6 +60,7 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
             image_format = "PNG" if image.format == "PNG" else "JPEG"
             image.seek(0)
             image.load()
+            # exif_transpose gives a copy (turned or not), which outlives the file closed below.
             pixels = to_srgb(ImageOps.exif_transpose(image))
             # Pixels only: no EXIF (GPS), comment, text or profile of the upload reaches the stored file.
             pixels.info = {}
@@ -114,7 +122,9 @@ def to_srgb(image: Image.Image) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PNG/JPEG mode to 8-bit RGB; transparency becomes a white background."""
+    """Convert any PNG/JPEG mode to 8-bit RGB (an RGB image as it is); transparency becomes a white background."""
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         # 16-bit grey: scale to 8 bits instead of letting values above 255 clip to white.
         image = image.convert("I").point(lambda value: value / 256).convert("L")
@@ -135,7 +145,7 @@ def encode(pixels: Image.Image, image_format: str) -> Picture:
         pixels.save(buffer, "PNG", optimize=False, compress_level=6)
     else:
         pixels.save(buffer, "JPEG", quality=JPEG_QUALITY)
-    return Picture(pixels, buffer.getvalue(), mime_type, extension)
+    return Picture(pixels, Encoded(buffer.getvalue(), mime_type, extension))
 
 
 def store(folder: str, name: str, data: bytes) -> str:

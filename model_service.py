@@ -1,10 +1,12 @@
 """ModelService: the two BLIP models behind one batching worker, with a cache of image contexts.
 
 Requests reach the models only through here. A caption is batched with others of the same prompt; a
-question with others of the same token length (so no padding changes a result). Each image's VQA
-context (vision embedding and cross-attention keys and values) is computed once, right after the
-upload when the worker is idle, kept in an LRU cache bounded in bytes, and recomputed from the
-stored image when it was evicted. No Flask inside.
+question with others of the same token length (so no padding changes a result). A waiting caption
+holds only its model input, never the uploaded image. Each image's VQA context (vision embedding
+and cross-attention keys and values) is computed from the stored image once, right after the
+upload when the worker is idle (at most max_background such jobs wait; past that the oldest is
+dropped, and its first question computes it), kept in an LRU cache bounded in bytes, and
+recomputed when it was evicted. No Flask inside.
 """
 
 import threading
@@ -61,28 +63,30 @@ class ModelService:
     """Captions and answers through one batching worker; questions reuse cached image contexts."""
 
     def __init__(self, captioner, answerer, *, cache_bytes: int = 256 << 20, max_batch: int = 8,
-                 batch_wait: float = 0.005, max_queue: int = 32, timeout: float = 120.0,
+                 batch_wait: float = 0.005, max_queue: int = 32, max_background: int = 16, timeout: float = 120.0,
                  background_idle: float = 0.3, clock: Callable[[], float] = time.monotonic):
         self.captioner, self.answerer = captioner, answerer
         self.cache = ContextCache(cache_bytes)
         self.timeout = timeout
         self.clock = clock
         self.batcher = Batcher(max_batch=max_batch, batch_wait=batch_wait, max_queue=max_queue,
-                               background_idle=background_idle, clock=clock)
+                               max_background=max_background, background_idle=background_idle, clock=clock)
 
-    def caption(self, image: Image.Image, prompt: str | None = None, gave_up: Callable[[], bool] = bool) -> str:
-        """A caption of the image, batched with other captions of the same prompt."""
+    def check_caption(self, prompt: str | None) -> None:
+        """Refuse, before any work, a caption that cannot be made: no captioner, or no room after the prompt."""
         self._check(self.captioner)
-        return self._wait(self._submit(self._run_captions, ("caption", prompt), (image, prompt)), gave_up)
-
-    def check_prompt(self, prompt: str | None) -> None:
-        """Refuse, before any work, a caption prompt that leaves the captioner no room to go on."""
-        if prompt is None:
-            return
-        self._check(self.captioner)
-        if not self.captioner.prompt_fits(prompt):
+        if prompt is not None and not self.captioner.prompt_fits(prompt):
             raise InvalidInput("'prompt' is too long for the caption model: the caption continues it within "
                                "CAPTION_MAX_LENGTH tokens, so shorten it to a few words", code="prompt_too_long")
+
+    def caption_input(self, image: Image.Image):
+        """What a caption of the image waits with: the captioner's input, small whatever the image's size."""
+        return self.captioner.model_input(image)
+
+    def caption(self, model_input, prompt: str | None = None, gave_up: Callable[[], bool] = bool) -> str:
+        """A caption of an image (its caption_input), batched with other captions of the same prompt."""
+        self._check(self.captioner)
+        return self._wait(self._submit(self._run_captions, ("caption", prompt), (model_input, prompt)), gave_up)
 
     def answer(self, image_id: str, load: Callable[[], Image.Image], question: str,
                gave_up: Callable[[], bool] = bool) -> str:
@@ -91,15 +95,16 @@ class ModelService:
         group = ("answer", self.answerer.question_length(question))
         return self._wait(self._submit(self._run_answers, group, (image_id, load, question)), gave_up)
 
-    def prepare(self, image_id: str, image: Image.Image) -> Future | None:
-        """Compute an image's question context in the background, when the worker is idle."""
+    def prepare(self, image_id: str, load: Callable[[], Image.Image]) -> Future | None:
+        """Compute a kept image's question context in the background, when the worker is idle."""
         if not getattr(self.answerer, "ready", True):
             return None
-        return self.batcher.submit(self._contexts, ("context",), (image_id, lambda: image), background=True)
+        return self.batcher.submit(self._contexts, ("context",), (image_id, load), background=True)
 
     def status(self) -> dict:
         """The queue and the cache, for /healthz."""
-        return {"queued": self.batcher.waiting(), "background": self.batcher.waiting_in_background(),
+        return {"queued": self.batcher.waiting(), "queue_max": self.batcher.max_queue,
+                "background": self.batcher.waiting_in_background(), "background_max": self.batcher.max_background,
                 "cached_images": len(self.cache),
                 "cache_mb": round(self.cache.bytes / 2**20, 1), "cache_max_mb": round(self.cache.max_bytes / 2**20)}
 
@@ -134,14 +139,14 @@ class ModelService:
 
     def _run_captions(self, payloads: list) -> list[str]:
         prompt = payloads[0][1]  # one group, one prompt
-        return self.captioner.caption_batch([image for image, _ in payloads], prompt)
+        return self.captioner.caption_batch([model_input for model_input, _ in payloads], prompt)
 
     def _contexts(self, items: list[tuple[str, Callable[[], Image.Image]]]) -> list:
         """Each image's context: from the cache, or computed in one batch for those missing."""
         found = {image_id: self.cache.get(image_id) for image_id, _ in items}
         missing = {image_id: load for image_id, load in items if found[image_id] is None}
         if missing:
-            computed = self.answerer.contexts([load() for load in missing.values()])
+            computed = self.answerer.contexts([self.answerer.model_input(load()) for load in missing.values()])
             for image_id, context in zip(missing, computed):
                 self.cache.put(image_id, context)
                 found[image_id] = context

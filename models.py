@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
+from transformers.image_processing_backends import PilBackend
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 log = logging.getLogger(__name__)
@@ -112,11 +113,23 @@ class BlipModel:
             use_few_row_linears(model.text_decoder)  # its beam-search steps are a few rows each
         return cls(model, processor, name=name, generation=generation)
 
-    def embed(self, images: list[Image.Image]) -> torch.Tensor:
-        """The vision model's embeddings of a batch of images: (batch, image tokens, hidden)."""
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+    def model_input(self, image: Image.Image) -> torch.Tensor:
+        """One image as the model takes it: its processor's pixel values, (1, 3, height, width).
+
+        Small whatever the image's size, so that requests waiting for the model hold this, not the image.
+        A PIL processor's first step is PIL's resize to a fixed size; done here on the image itself, it
+        gives the same pixels without the processor's two full-size copies of a large upload.
+        """
+        processor = self.processor.image_processor
+        size = processor.size
+        if isinstance(processor, PilBackend) and processor.do_resize and size.height and size.width:
+            image = image.resize((size.width, size.height), processor.resample)
+        return self.processor(images=[image], return_tensors="pt")["pixel_values"]
+
+    def embed(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The vision model's embeddings of a batch of model inputs: (batch, image tokens, hidden)."""
         with torch.inference_mode():
-            return self.model.vision_model(pixel_values=pixels.to(self.device, self.dtype))[0]
+            return self.model.vision_model(pixel_values=torch.cat(inputs).to(self.device, self.dtype))[0]
 
     def _decode(self, prompt_ids: torch.Tensor, attention_mask, encoder_states: torch.Tensor) -> list[str]:
         """The text decoder's generation over encoder states, decoded to text."""
@@ -138,17 +151,17 @@ class Captioner(BlipModel):
 
     def caption(self, image: Image.Image, prompt: str | None = None) -> str:
         """A caption of the image; with a prompt, its continuation (the prompt kept at the front)."""
-        return self.caption_batch([image], prompt)[0]
+        return self.caption_batch([self.model_input(image)], prompt)[0]
 
     def prompt_fits(self, prompt: str) -> bool:
         """Whether a caption can go on after the prompt: its tokens stay under the generation's max_length."""
         length = len(self.processor.tokenizer(prompt)["input_ids"]) - 1  # [CLS] becomes BOS, [SEP] goes
         return length < self.generation.get("max_length", self.model.generation_config.max_length)
 
-    def caption_batch(self, images: list[Image.Image], prompt: str | None = None) -> list[str]:
-        """Captions of several images that share one prompt (or none), computed as one batch."""
-        embeds = self.embed(images)
-        count = len(images)
+    def caption_batch(self, inputs: list[torch.Tensor], prompt: str | None = None) -> list[str]:
+        """Captions of several images (their model inputs) that share one prompt (or none), as one batch."""
+        embeds = self.embed(inputs)
+        count = len(inputs)
         if prompt:
             # As BlipForConditionalGeneration.generate: [CLS] becomes the decoder's BOS, the final [SEP] goes.
             tokens = self.processor.tokenizer([prompt] * count, return_tensors="pt").to(self.device)
@@ -181,11 +194,11 @@ class Answerer(BlipModel):
 
     def answer(self, image: Image.Image, question: str) -> str:
         """A short answer to a question about the image."""
-        return self.answer_batch(self.contexts([image]), [question])[0]
+        return self.answer_batch(self.contexts([self.model_input(image)]), [question])[0]
 
-    def contexts(self, images: list[Image.Image]) -> list[ImageContext]:
-        """Each image's context for questions: computed once, reusable for any question."""
-        embeds = self.embed(images)
+    def contexts(self, inputs: list[torch.Tensor]) -> list[ImageContext]:
+        """Each image's context for questions (from its model input): computed once, reusable for any question."""
+        embeds = self.embed(inputs)
         keys, values = [], []
         with torch.inference_mode():
             for layer in self.model.text_encoder.encoder.layer:
@@ -197,7 +210,7 @@ class Answerer(BlipModel):
         return [
             ImageContext(embeds[i : i + 1].clone(), [k[i : i + 1].clone() for k in keys],
                          [v[i : i + 1].clone() for v in values])
-            for i in range(len(images))
+            for i in range(len(inputs))
         ]
 
     def question_length(self, question: str) -> int:

@@ -15,6 +15,8 @@ DEFAULTS = {
     "MAX_BATCH": 8,
     "BATCH_WAIT_MS": 5,
     "MAX_QUEUE": 32,
+    "MAX_BACKGROUND": 16,
+    "MAX_DECODES": 2,
     "MODEL_TIMEOUT": 120,
     "DEMO": False,
     "HF_API_KEYS": "",

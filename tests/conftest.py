@@ -16,6 +16,9 @@ class FakeCaptioner:
     def prompt_fits(self, prompt):
         return True
 
+    def model_input(self, image):
+        return image
+
     def caption_batch(self, images, prompt=None):
         self.calls += [(image.mode, image.size, prompt) for image in images]
         return ["a fake caption"] * len(images)
@@ -31,6 +34,9 @@ class FakeAnswerer:
 
     def __init__(self):
         self.calls = []
+
+    def model_input(self, image):
+        return image
 
     def question_length(self, question):
         return len(question.split())

@@ -217,7 +217,7 @@ def test_http_errors_are_json(make_app, method, path, status, code):
 
 
 def test_an_unexpected_error_is_logged_and_hidden(make_app, data_dir, caplog):
-    class BrokenCaptioner:
+    class BrokenCaptioner(FakeCaptioner):
         def caption_batch(self, images, prompt=None):
             raise RuntimeError("secret internals")
 
@@ -387,5 +387,6 @@ def test_a_request_that_waited_too_long_answers_504_and_stores_nothing(make_app,
 
 def test_healthz_shows_the_queue_and_the_cache(client):
     queue = client.get("/healthz").get_json()["queue"]
-    assert set(queue) == {"queued", "background", "cached_images", "cache_mb", "cache_max_mb"}
+    assert set(queue) == {"queued", "queue_max", "background", "background_max", "cached_images", "cache_mb",
+                          "cache_max_mb"}
     assert queue["cache_max_mb"] == 256

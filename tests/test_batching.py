@@ -110,6 +110,16 @@ def test_background_work_runs_newest_first():
     assert run.batches == [["first"], ["new"], ["old"]]
 
 
+def test_background_work_past_its_bound_pushes_out_the_oldest():
+    batcher, run = held(batch_wait=0, background_idle=0, max_background=3)
+    jobs = [batcher.submit(run, "context", index, background=True) for index in range(10)]
+    assert batcher.waiting_in_background() == 3
+    assert [job.cancelled() for job in jobs] == [True] * 7 + [False] * 3
+    run.release.set()
+    assert [job.result(10) for job in jobs[7:]] == ["done 7", "done 8", "done 9"]
+    assert batcher.waiting_in_background() == 0
+
+
 def test_interactive_work_goes_before_background_work():
     batcher, run = held(batch_wait=0, background_idle=0)
     background = batcher.submit(run, "context", "background", background=True)
@@ -188,7 +198,7 @@ def test_cached_path_equals_the_baseline(tiny_models, baseline, prompt):
         assert any(isinstance(layer, FewRowLinear) for layer in model.text_decoder.modules())
     service = ModelService(captioner, answerer, batch_wait=0)
     for index, image in enumerate(IMAGES[:3]):
-        assert service.caption(image, prompt) == baseline.caption(image, prompt)
+        assert service.caption(service.caption_input(image), prompt) == baseline.caption(image, prompt)
         for question in ("what color is it?", "how many cats are there in the picture?"):
             got = service.answer(f"image-{index}", lambda image=image: image, question)
             assert got == baseline.answer(image, question)
@@ -229,14 +239,15 @@ def test_batched_questions_equal_the_unbatched_ones(tiny_models, baseline):
 
 def test_batched_captions_equal_the_unbatched_ones(tiny_models, baseline):
     captioner, answerer = tiny_models
-    assert captioner.caption_batch(IMAGES) == [baseline.caption(image) for image in IMAGES]
-    assert captioner.caption_batch(IMAGES[:3], "a photography of") == [
+    inputs = [captioner.model_input(image) for image in IMAGES]
+    assert captioner.caption_batch(inputs) == [baseline.caption(image) for image in IMAGES]
+    assert captioner.caption_batch(inputs[:3], "a photography of") == [
         baseline.caption(image, "a photography of") for image in IMAGES[:3]]
 
 
 def test_an_evicted_context_is_recomputed_from_the_stored_image(tiny_models):
     captioner, answerer = tiny_models
-    one = answerer.contexts([IMAGES[0]])[0].nbytes
+    one = answerer.contexts([answerer.model_input(IMAGES[0])])[0].nbytes
     service = ModelService(captioner, answerer, cache_bytes=one, batch_wait=0)
     loads = []
 
@@ -256,7 +267,7 @@ def test_an_evicted_context_is_recomputed_from_the_stored_image(tiny_models):
 def test_prepare_computes_the_context_in_the_background(tiny_models, baseline):
     captioner, answerer = tiny_models
     service = ModelService(captioner, answerer, batch_wait=0, background_idle=0)
-    service.prepare("p", IMAGES[2]).result(30)
+    service.prepare("p", lambda: IMAGES[2]).result(30)
     assert service.cache.get("p") is not None
 
     def must_not_load():
@@ -296,4 +307,4 @@ def test_an_unavailable_model_is_refused_before_queueing(tiny_models):
     service = ModelService(captioner, UnavailableModel("vqa", "not loaded: point VQA_MODEL at a copy"))
     with pytest.raises(ModelUnavailable):
         service.answer("x", lambda: IMAGES[0], "why?")
-    assert service.prepare("x", IMAGES[0]) is None
+    assert service.prepare("x", lambda: IMAGES[0]) is None

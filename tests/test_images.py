@@ -40,9 +40,9 @@ def png_header_only(width: int, height: int) -> bytes:
 def test_every_mode_becomes_rgb(fmt, mode, color):
     picture = images.read_image(io.BytesIO(image_bytes(fmt, mode, (30, 20), color)), max_pixels=LIMIT)
     assert picture.pixels.mode == "RGB" and picture.pixels.size == (30, 20)
-    stored = Image.open(io.BytesIO(picture.data))
+    stored = Image.open(io.BytesIO(picture.file.data))
     assert stored.format == fmt and stored.mode in ("RGB",) and stored.size == (30, 20)
-    assert picture.mime_type == ("image/png" if fmt == "PNG" else "image/jpeg")
+    assert picture.file.mime_type == ("image/png" if fmt == "PNG" else "image/jpeg")
 
 
 def test_transparency_becomes_white():
@@ -72,7 +72,7 @@ def test_exif_orientation_is_applied():
     wide.save(buffer, "JPEG", exif=exif)
     picture = images.read_image(io.BytesIO(buffer.getvalue()), max_pixels=LIMIT)
     assert picture.pixels.size == (20, 60)
-    stored = Image.open(io.BytesIO(picture.data))
+    stored = Image.open(io.BytesIO(picture.file.data))
     assert stored.size == (20, 60)
     assert stored.getexif().get(0x0112) is None
 

@@ -14,6 +14,14 @@ def test_tiny_checkpoints_load_through_from_pretrained(tiny_models):
         assert not model.model.training
 
 
+def test_model_input_equals_the_processors_own_pixel_values(tiny_models):
+    for model in tiny_models:
+        for size in [(613, 419), (32, 32), (7, 300)]:
+            image = Image.effect_noise(size, 60).convert("RGB")
+            plain = model.processor(images=[image], return_tensors="pt")["pixel_values"]
+            assert torch.equal(model.model_input(image), plain)
+
+
 def test_caption_is_text(tiny_models):
     captioner, _ = tiny_models
     caption = captioner.caption(Image.new("RGB", (64, 48), "red"))
