@@ -6,15 +6,16 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test bench install install-dev browser
+.PHONY: run demo test bench install install-dev browser nginx
 
-run: install
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --worker-class gthread --threads 16 --timeout 300 --keep-alive 75 app:app
+# gunicorn behind nginx, which buffers slow clients (serve.py).
+run: install nginx
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python serve.py
 
 demo: install
 	$(BIN)/python demo.py
 
-test: install-dev browser
+test: install-dev browser nginx
 	$(BIN)/python -m pytest
 
 bench: install
@@ -37,3 +38,8 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 # Debian's Chromium for the browser tests (Playwright cannot download its own here).
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+# Debian's nginx in front of gunicorn; where apt-get is missing, serve.py runs gunicorn alone and says so.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || ! command -v apt-get >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx; }

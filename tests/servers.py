@@ -51,6 +51,16 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 120) -> 
     raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
+def wait_until_ready(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    """Wait until url answers 200 (a proxy in front may answer before the app does)."""
+    deadline = time.monotonic() + seconds
+    wait_until_up(url, process, seconds)
+    while requests.get(url, timeout=10).status_code != 200:
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise AssertionError(f"{url} did not answer 200 within {seconds} s")
+        time.sleep(0.1)
+
+
 def stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
