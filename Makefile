@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test bench install install-dev browser nginx
+.PHONY: run demo test bench bench-limits install install-dev browser nginx
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -19,7 +19,10 @@ test: install-dev browser nginx
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python bench.py
+	$(BIN)/python bench/speed.py
+
+bench-limits: install nginx
+	$(BIN)/python bench/limits.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

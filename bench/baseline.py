@@ -2,7 +2,7 @@
 
 Every request runs `processor(images=..., text=...)` then `model.generate(**inputs)` with the same
 generation settings, in fp32, one request at a time under a lock. Served like the app, by gunicorn:
-    gunicorn 'bench_baseline:create_baseline_app()'
+    gunicorn 'bench.baseline:create_baseline_app()'
 with CAPTION_MODEL, VQA_MODEL and the generation settings in the environment.
 """
 

@@ -3,7 +3,7 @@
 Uses the full-size BLIP-base architecture with random weights (same shapes and cost as the real
 checkpoints; built once into bench-models/), or the real weights when CAPTION_MODEL and VQA_MODEL
 name them. The number of generated tokens is fixed (min = max length) so both do the same work.
-Prints the figures and the ratios ours/baseline, and writes BENCHMARKS.md.
+Prints the figures and the ratios ours/baseline, and writes its section of BENCHMARKS.md.
 """
 
 import io
@@ -21,7 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from PIL import Image, ImageDraw
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the app's own modules (models, random_blip)
+
+from report import write_section  # noqa: E402  (bench/ is this script's folder, first on the path)
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 GENERATION = {"CAPTION_NUM_BEAMS": "3", "CAPTION_MIN_LENGTH": "20", "CAPTION_MAX_LENGTH": "20",
               "VQA_NUM_BEAMS": "3", "VQA_MIN_LENGTH": "5", "VQA_MAX_LENGTH": "5"}
@@ -264,7 +267,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data:
         env.update(UPLOAD_FOLDER=os.path.join(data, "uploads"), GENERATED_FOLDER=os.path.join(data, "generated"),
                    HISTORY_FILE=os.path.join(data, "history.json"), SECRET_KEY="bench")
-        for name, target in (("baseline", "bench_baseline:create_baseline_app()"), ("app", "app:app")):
+        for name, target in (("baseline", "bench.baseline:create_baseline_app()"), ("app", "app:app")):
             print(f"measuring {name} ...", flush=True)
             port = free_port()
             server = serve(target, env, os.path.join(logs, f"{name}.log"), port)
@@ -311,7 +314,7 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
     table = ["| measure | baseline | this app | ours/baseline | target |", "| --- | ---: | ---: | ---: | --- |"]
     table += [f"| {' | '.join(row)} |" for row in rows]
     lines = [
-        "# Benchmarks",
+        "## Speed: `make bench`",
         "",
         f"Written by `make bench` on {time.strftime('%Y-%m-%d')}. Both servers ran one after the other on this machine,",
         "each as gunicorn (gthread, 16 threads) on 127.0.0.1, driven over HTTP by the same client code.",
@@ -322,7 +325,7 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
         f"- Models: {weights}; fp32 on the CPU; captions {GENERATION['CAPTION_NUM_BEAMS']} beams and exactly "
         f"{GENERATION['CAPTION_MAX_LENGTH']} tokens, answers {GENERATION['VQA_NUM_BEAMS']} beams and exactly "
         f"{GENERATION['VQA_MAX_LENGTH']} tokens, the start token included (min = max length, so both do the same work)",
-        "- Baseline (`bench_baseline.py`): `processor(images=..., text=...)` then `model.generate(**inputs)` for "
+        "- Baseline (`bench/baseline.py`): `processor(images=..., text=...)` then `model.generate(**inputs)` for "
         "every request, one at a time under a lock",
         f"- Samples: {UPLOADS} uploads, {FIRST_QUESTIONS} first questions, {FOLLOW_UPS} follow-ups; throughput with "
         f"{QUESTIONS_PER_CLIENT} questions or {UPLOADS_PER_CLIENT} uploads per client; p95 is the nearest rank",
@@ -339,8 +342,7 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as file:
-        file.write(text)
+    write_section("speed", text)
     os.makedirs(os.path.join(ROOT, "bench-models"), exist_ok=True)
     with open(os.path.join(ROOT, "bench-models", "last-run.json"), "w") as file:
         json.dump({"results": results, "fast": fast}, file, indent=1)
