@@ -152,7 +152,8 @@ def stored_image(record: dict) -> Callable[[], Image.Image]:
 
     def load() -> Image.Image:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return images.to_rgb(image)  # stored files are RGB already: no copy
 
     return load
 

@@ -60,8 +60,9 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
             image_format = "PNG" if image.format == "PNG" else "JPEG"
             image.seek(0)
             image.load()
-            # exif_transpose gives a copy (turned or not), which outlives the file closed below.
-            pixels = to_srgb(ImageOps.exif_transpose(image))
+            # In place: a second full-size copy of a large upload is what memory cannot afford.
+            ImageOps.exif_transpose(image, in_place=True)
+            pixels = to_srgb(image)
             # Pixels only: no EXIF (GPS), comment, text or profile of the upload reaches the stored file.
             pixels.info = {}
     except Image.DecompressionBombError:
