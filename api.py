@@ -1,7 +1,6 @@
 """The JSON API: each view reads the request, calls the gallery once, and shapes the answer."""
 
 import base64
-import re
 
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
@@ -9,14 +8,13 @@ import fields
 import gallery
 import images
 import settings
+import storage
 from errors import InvalidInput, NotFound
 from gallery import service
 
 bp = Blueprint("api", __name__)
 
 PAGE_LIMIT = 200
-# The names the app gives stored files; nothing else in the folders is ever served.
-STORED_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(\.png|\.jpg)")
 
 
 def request_fields():
@@ -87,7 +85,7 @@ def generated_file(name):
 
 def send_stored(folder: str, name: str):
     """A stored image, always with its image content type (and nosniff, as every response)."""
-    found = STORED_NAME.fullmatch(name)
+    found = storage.STORED_NAME.fullmatch(name)
     if found is None:
         raise NotFound("there is no stored image by that name: use the image_url an answer gave",
                        code="file_not_found")

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import images
 import settings
+import storage
 from errors import AppError
 from hf_client import HFClient
 from keys import read_keys
@@ -67,7 +68,8 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
     app.extensions["decoding"] = threading.BoundedSemaphore(app.config["MAX_DECODES"])
     app.extensions["hf_client"] = hf_client or build_hf_client(app.config)
     app.extensions["history"] = History(app.config["HISTORY_FILE"])
-    os.makedirs(app.config["UPLOAD_FOLDER"], exist_ok=True)
+    storage.sweep(app.config["UPLOAD_FOLDER"], [app.config["UPLOAD_FOLDER"], app.config["GENERATED_FOLDER"]],
+                  app.extensions["history"].filenames())
 
     register_errors(app)
     register_security(app)

@@ -78,6 +78,20 @@ class KeysUnavailable(AppError):
     code = "no_usable_api_key"
 
 
+class InsufficientStorage(AppError):
+    """The disk is full: nothing was stored."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+class StorageReadOnly(AppError):
+    """A data folder cannot be written: reads still work."""
+
+    status = 503
+    code = "storage_read_only"
+
+
 class ModelBusy(AppError):
     """The model's queue is full: come back shortly."""
 

@@ -17,6 +17,7 @@ from werkzeug.utils import secure_filename
 
 import fields
 import images
+import storage
 from errors import InvalidInput, NotFound
 
 MAX_QUESTION = 500
@@ -69,6 +70,7 @@ def upload(files, form) -> tuple[dict, images.Encoded]:
     images.check_filename(file.filename or "")
     prompt = fields.text(form, "prompt", max_length=MAX_PROMPT, required=False)
     service("models").check_caption(prompt)
+    storage.check_writable(current_app.config["UPLOAD_FOLDER"], "UPLOAD_FOLDER")
     stored, model_input = decode(file.stream)
     caption = service("models").caption(model_input, prompt, client_gone)
     image_id = str(uuid.uuid4())
@@ -77,7 +79,7 @@ def upload(files, form) -> tuple[dict, images.Encoded]:
         "original_name": secure_filename(file.filename or "")[:100] or None, "mime_type": stored.mime_type,
         "prompt": prompt, "caption": caption, "created_at": now(), "questions": [],
     }
-    keep(current_app.config["UPLOAD_FOLDER"], record["filename"], stored.data, service("history").add_image, record)
+    keep("UPLOAD_FOLDER", record["filename"], stored.data, service("history").add_image, record)
     service("models").prepare(image_id, stored_image(record))  # so that even the first question is quick
     return record, stored
 
@@ -109,14 +111,14 @@ def generate(fields_given):
     """Draw an image for a description through the inference API and keep it; return its record and image."""
     description = fields.text(fields_given, "description", max_length=MAX_DESCRIPTION)
     parameters = generation_parameters(fields_given)
+    storage.check_writable(current_app.config["GENERATED_FOLDER"], "GENERATED_FOLDER")
     image = service("hf_client").generate(description, parameters)
     generation_id = str(uuid.uuid4())
-    folder = current_app.config["GENERATED_FOLDER"]
     record = {
         "generation_id": generation_id, "owner": owner(), "description": description, "parameters": parameters,
         "filename": generation_id + image.extension, "mime_type": image.mime_type, "created_at": now(),
     }
-    keep(folder, record["filename"], image.data, service("history").add_generation, record)
+    keep("GENERATED_FOLDER", record["filename"], image.data, service("history").add_generation, record)
     return record, image
 
 
@@ -133,14 +135,16 @@ def generation_parameters(given) -> dict:
     return {name: value for name, value in parameters.items() if value is not None}
 
 
-def keep(folder: str, filename: str, data: bytes, add_record, record: dict) -> None:
-    """Store the file, then its record; remove the file if the record could not be written."""
-    path = images.store(folder, filename, data)
-    try:
-        add_record(record)
-    except BaseException:
-        images.remove(path)
-        raise
+def keep(setting: str, filename: str, data: bytes, add_record, record: dict) -> None:
+    """Store the file in the folder a setting names, then its record; remove the file if the record failed."""
+    config = current_app.config
+    with storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
+        path = storage.store(config[setting], filename, data, setting)
+        try:
+            add_record(record)
+        except BaseException:
+            storage.remove(path)
+            raise
 
 
 def stored_image(record: dict) -> Callable[[], Image.Image]:

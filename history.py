@@ -1,4 +1,10 @@
-"""The history store: one JSON file, changed atomically under a lock that holds across processes."""
+"""The history store: one JSON file, changed atomically under a lock that holds across processes.
+
+What cannot be read is never overwritten and never stops the app: a file that does not parse is
+moved aside whole; a malformed record is skipped (logged once) and, at the next change, moved to
+a file of its own beside the history. A read-only folder serves what the file holds and refuses
+changes (503); a full disk refuses them (507) and leaves the file as it was.
+"""
 
 import copy
 import fcntl
@@ -10,11 +16,24 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from errors import NotFound
+from errors import AppError, NotFound
+from storage import faults_told
 
 log = logging.getLogger(__name__)
 
 KINDS = ("images", "generations")
+KINDS_ID = {"images": "image_id", "generations": "generation_id"}
+SETTING = "HISTORY_FILE's folder"
+# What a record must hold to be shown: each field and its type (optional ones may also be null).
+REQUIRED = {
+    "images": {"image_id": str, "owner": str, "filename": str, "mime_type": str, "caption": str,
+               "created_at": str, "questions": list},
+    "generations": {"generation_id": str, "owner": str, "filename": str, "mime_type": str, "description": str,
+                    "parameters": dict, "created_at": str},
+}
+OPTIONAL = {"images": {"prompt": str, "original_name": str}, "generations": {}}
+QUESTION = {"question": str, "answer": str, "asked_at": str}
+UNREADABLE = (ValueError, UnicodeDecodeError, RecursionError)  # RecursionError: JSON nested too deep
 
 
 def empty() -> dict:
@@ -27,6 +46,30 @@ def file_stamp(stat: os.stat_result) -> tuple:
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
+def is_record(kind: str, key: str, record) -> bool:
+    """Whether a record has every field the app reads, of the right type, under its own id."""
+    if not isinstance(record, dict):
+        return False
+    fields_ok = all(isinstance(record.get(name), kind_) for name, kind_ in REQUIRED[kind].items()) and all(
+        record.get(name) is None or isinstance(record[name], kind_) for name, kind_ in OPTIONAL[kind].items())
+    if not fields_ok or record[KINDS_ID[kind]] != key or os.path.basename(record["filename"]) != record["filename"]:
+        return False
+    return kind != "images" or all(
+        isinstance(entry, dict) and all(isinstance(entry.get(name), kind_) for name, kind_ in QUESTION.items())
+        for entry in record["questions"])
+
+
+def split_records(raw) -> tuple[dict, dict]:
+    """The parsed file's well-formed records, and its malformed ones; ValueError if it is no history at all."""
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(kind), dict) for kind in KINDS):
+        raise ValueError("not a history object")
+    valid, malformed = empty(), empty()
+    for kind in KINDS:
+        for key, record in raw[kind].items():
+            (valid if is_record(kind, key, record) else malformed)[kind][key] = record
+    return valid, malformed
+
+
 class History:
     """Images with their questions, and generations, keyed by id in insertion order."""
 
@@ -34,10 +77,17 @@ class History:
         self.path = os.path.abspath(path)
         self.folder = os.path.dirname(self.path)
         self.temporary_prefix = f".{os.path.basename(self.path)}.tmp-"
-        self._cache = (None, empty())  # (stamp of the file, its parsed content), swapped whole
-        os.makedirs(self.folder, exist_ok=True)
-        with self._locked():
-            self._recover()
+        # (stamp of the file, its well-formed records, its malformed ones), swapped whole
+        self._cache = (None, empty(), empty())
+        self._unreadable = None  # the stamp of a file that would not parse, logged once
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            with self._locked():
+                self._recover()
+        except (OSError, AppError) as error:
+            log.warning("the history folder %s cannot be written (%s): serving what it holds, refusing changes",
+                        self.folder, getattr(error, "strerror", None) or error)
+            self._read()
 
     def add_image(self, record: dict) -> None:
         """Keep a new image record."""
@@ -66,9 +116,16 @@ class History:
 
     def list(self, kind: str, owner: str, limit: int, offset: int) -> tuple[list[dict], int]:
         """An owner's records of one kind, newest first, one page of them, and how many in all."""
-        mine = [record for record in self._read()[kind].values() if record.get("owner") == owner]
+        mine = [record for record in self._read()[kind].values() if record["owner"] == owner]
         mine.reverse()
         return copy.deepcopy(mine[offset : offset + limit]), len(mine)
+
+    def filenames(self) -> set[str]:
+        """The stored files that records point to, malformed records' included (their files are kept too)."""
+        data = self._read()
+        _, _, malformed = self._cache
+        return {record["filename"] for source in (data, malformed) for kind in KINDS
+                for record in source[kind].values() if isinstance(record, dict) and isinstance(record.get("filename"), str)}
 
     @staticmethod
     def _find(data: dict, kind: str, key: str) -> dict:
@@ -88,18 +145,36 @@ class History:
             stamp = file_stamp(os.stat(self.path))
         except FileNotFoundError:
             return empty()
-        cached_stamp, data = self._cache
-        if stamp != cached_stamp:
+        cached_stamp, data, _ = self._cache
+        if stamp == cached_stamp:
+            return data
+        try:
             with open(self.path, encoding="utf-8") as file:
                 stamp = file_stamp(os.fstat(file.fileno()))
-                data = json.load(file)
-            self._cache = (stamp, data)
-        return data
+                valid, malformed = split_records(json.load(file))
+        except UNREADABLE as error:
+            if stamp != self._unreadable:
+                self._unreadable = stamp
+                log.error("history file %s cannot be read (%s): serving the records read before; the next change "
+                          "moves it aside", self.path, type(error).__name__)
+            return data
+        counts = {kind: len(malformed[kind]) for kind in KINDS if malformed[kind]}
+        if counts:
+            log.warning("history file %s holds malformed records (%s): they are skipped and moved aside at the "
+                        "next change", self.path, ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+        self._cache = (stamp, valid, malformed)
+        return valid
 
     def _change(self, change):
         """Read the newest file, apply change, write the result back; all under the lock."""
         with self._locked():
-            data = copy.deepcopy(self._read())
+            data = self._read()
+            if self._unreadable is not None and os.path.exists(self.path):
+                self._move_aside("corrupt")
+            _, _, malformed = self._cache
+            if any(malformed.values()):
+                self._set_aside(malformed)
+            data = copy.deepcopy(data)
             result = change(data)
             self._write(data)
             return result
@@ -107,42 +182,53 @@ class History:
     @contextmanager
     def _locked(self):
         # flock on a file opened per call excludes other threads as well as other processes.
-        with open(self.path + ".lock", "a") as lock_file:
+        with faults_told(SETTING, self.path + ".lock"):
+            lock_file = open(self.path + ".lock", "a")
+        with lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
-    def _write(self, data: dict) -> None:
-        descriptor, temporary = tempfile.mkstemp(prefix=self.temporary_prefix, dir=self.folder)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                json.dump(data, file, ensure_ascii=False, indent=1)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
-        self._cache = (file_stamp(os.stat(self.path)), data)
-        folder = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    def _write(self, data: dict, path: str | None = None) -> None:
+        path = path or self.path
+        with faults_told(SETTING, path):
+            descriptor, temporary = tempfile.mkstemp(prefix=self.temporary_prefix, dir=self.folder)
+            try:
+                with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                    json.dump(data, file, ensure_ascii=False, indent=1)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+            if path == self.path:
+                self._cache = (file_stamp(os.stat(self.path)), data, empty())
+            folder = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
+    def _set_aside(self, malformed: dict) -> None:
+        """Keep malformed records in a file of their own, so that rewriting the history loses none."""
+        aside = f"{self.path}.malformed-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        self._write(malformed, aside)
+        log.warning("moved %d malformed history records to %s", sum(map(len, malformed.values())), aside)
+
+    def _move_aside(self, why: str) -> None:
+        aside = f"{self.path}.{why}-{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(self.path, aside)
+        log.warning("history file %s could not be read; moved it to %s", self.path, aside)
+        self._unreadable = None
 
     def _recover(self) -> None:
         """At start: remove temporary files a crash left, move an unreadable file aside."""
         for leftover in glob.glob(os.path.join(glob.escape(self.folder), self.temporary_prefix + "*")):
             os.unlink(leftover)
-        try:
-            data = self._read()
-            if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in KINDS):
-                raise ValueError("not a history object")
-        except (ValueError, UnicodeDecodeError) as error:
-            aside = f"{self.path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
-            os.replace(self.path, aside)
-            log.warning("history file %s could not be read (%s); moved it to %s and started empty",
-                        self.path, error, aside)
-            self._cache = (None, empty())
+        self._read()
+        if self._unreadable is not None:
+            self._move_aside("corrupt")
+            self._cache = (None, empty(), empty())

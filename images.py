@@ -1,9 +1,8 @@
-"""Image validation and storage: what an upload must be before anything else sees it."""
+"""Image validation: what an upload must be before anything else sees it, and its re-encoding."""
 
 import functools
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -147,28 +146,3 @@ def encode(pixels: Image.Image, image_format: str) -> Picture:
     else:
         pixels.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return Picture(pixels, Encoded(buffer.getvalue(), mime_type, extension))
-
-
-def store(folder: str, name: str, data: bytes) -> str:
-    """Write data to folder/name atomically and durably; return the path."""
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name)
-    descriptor, temporary = tempfile.mkstemp(prefix=".incoming-", dir=folder)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return path
-
-
-def remove(path: str) -> None:
-    """Delete a stored file if it is there."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -374,7 +374,7 @@ def test_a_full_model_queue_answers_503_with_retry_after_and_stores_nothing(make
     queued.join(30)
     assert len(captioner.calls) == 2
     assert len(json.loads((data_dir / "history.json").read_text())["images"]) == 2
-    assert len(os.listdir(data_dir / "uploads")) == 2
+    assert len(stored_files(data_dir / "uploads")) == 2
 
 
 def test_a_request_that_waited_too_long_answers_504_and_stores_nothing(make_app, data_dir):

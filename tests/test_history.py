@@ -10,7 +10,13 @@ from history import History
 
 
 def image_record(image_id, owner="me"):
-    return {"image_id": image_id, "owner": owner, "caption": "c", "questions": []}
+    return {"image_id": image_id, "owner": owner, "filename": f"{image_id}.png", "mime_type": "image/png",
+            "caption": "c", "created_at": "2026-11-25T10:00:00.000Z", "questions": []}
+
+
+def generation_record(generation_id, owner="me"):
+    return {"generation_id": generation_id, "owner": owner, "filename": f"{generation_id}.png",
+            "mime_type": "image/png", "description": "d", "parameters": {}, "created_at": "2026-11-25T10:00:00.000Z"}
 
 
 def test_records_survive_a_new_store(tmp_path):
@@ -78,7 +84,7 @@ def test_leftover_temporary_files_are_removed(tmp_path):
 def test_every_write_leaves_only_the_file(tmp_path):
     history = History(str(tmp_path / "history.json"))
     history.add_image(image_record("a"))
-    history.add_generation({"generation_id": "g", "owner": "me"})
+    history.add_generation(generation_record("g"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "history.json.lock"]
     data = json.loads((tmp_path / "history.json").read_text())
     assert list(data["images"]) == ["a"] and list(data["generations"]) == ["g"]
@@ -107,7 +113,7 @@ def append_many(path, prefix, count):
     history = History(path)
     for index in range(count):
         history.add_image(image_record(f"{prefix}-{index}"))
-        history.add_question(f"{prefix}-{index}", {"question": prefix, "answer": str(index)})
+        history.add_question(f"{prefix}-{index}", {"question": prefix, "answer": str(index), "asked_at": "t"})
 
 
 def test_two_processes_appending_at_once_lose_nothing(tmp_path):

@@ -120,12 +120,6 @@ def test_png_and_jpeg_names_pass(name):
     images.check_filename(name)
 
 
-def test_store_is_atomic_and_leaves_no_temporary(tmp_path):
-    path = images.store(str(tmp_path), "a.png", b"data")
-    assert open(path, "rb").read() == b"data"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
-
-
 def test_a_file_over_the_byte_limit_is_refused():
     data = image_bytes("PNG", size=(200, 200))
     with pytest.raises(ImageTooLarge) as refused:

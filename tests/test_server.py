@@ -6,7 +6,7 @@ import os
 import requests
 
 import servers
-from conftest import image_bytes
+from conftest import image_bytes, stored_files
 
 
 def data_env(tmp_path, port):
@@ -121,6 +121,6 @@ def test_a_client_that_hangs_up_has_its_request_taken_out_of_the_queue(make_app,
         captioner.release.set()
         holder.join(30)
         assert len(captioner.calls) == 1  # the departed client's image was never captioned
-        assert len(os.listdir(data_dir / "uploads")) == 1
+        assert len(stored_files(data_dir / "uploads")) == 1
     finally:
         server.shutdown()
