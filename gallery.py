@@ -87,7 +87,7 @@ def upload(files, form) -> tuple[dict, images.Encoded]:
 def decode(stream) -> tuple[images.Encoded, object]:
     """An upload decoded in one of MAX_DECODES slots: its file to store and the captioner's input.
 
-    The full-size pixels (up to MAX_IMAGE_PIXELS x 3 bytes) live only inside this call, so at most
+    The full-size pixels (4 bytes a pixel, up to MAX_IMAGE_PIXELS) live only inside this call, so at most
     MAX_DECODES of them exist at once; a request waiting for the captioner holds only its input.
     """
     config = current_app.config
@@ -101,6 +101,7 @@ def ask(fields_given) -> tuple[dict, str]:
     question = fields.text(fields_given, "question", max_length=MAX_QUESTION)
     image_id = fields.text(fields_given, "image_id", max_length=100)
     record = service("history").image(image_id)
+    service("history").check_writable()
     answer = service("models").answer(image_id, stored_image(record), question, client_gone)
     entry = {"question": question, "answer": answer, "asked_at": now(), "owner": owner()}
     record = service("history").add_question(image_id, entry)

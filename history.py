@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 
 from errors import AppError, NotFound
-from storage import faults_told
+from storage import check_writable, faults_told
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,10 @@ class History:
         """Keep a new generation record."""
         self._change(lambda data: data["generations"].__setitem__(record["generation_id"], record))
 
+    def check_writable(self) -> None:
+        """Refuse before any work when a change could not be written (a read-only folder, a full disk)."""
+        check_writable(self.folder, SETTING)
+
     def image(self, image_id: str) -> dict:
         """One image record; NotFound if there is none."""
         return copy.deepcopy(self._find(self._read(), "images", image_id))
@@ -158,6 +162,7 @@ class History:
                 log.error("history file %s cannot be read (%s): serving the records read before; the next change "
                           "moves it aside", self.path, type(error).__name__)
             return data
+        self._unreadable = None
         counts = {kind: len(malformed[kind]) for kind in KINDS if malformed[kind]}
         if counts:
             log.warning("history file %s holds malformed records (%s): they are skipped and moved aside at the "

@@ -43,7 +43,7 @@ def check_filename(filename: str) -> None:
 
 
 def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Picture:
-    """Decode a PNG or JPEG judged by its content, upright, RGB, first frame, re-encoded."""
+    """Decode a PNG or JPEG judged by its content: first frame, upright, sRGB, re-encoded with its pixels only."""
     if max_bytes is not None and stream.seek(0, os.SEEK_END) > max_bytes:
         raise too_many_bytes(max_bytes)
     stream.seek(0)

@@ -107,6 +107,18 @@ def test_a_history_spoiled_while_running_is_served_from_memory_then_moved_aside(
     assert image_id in json.loads((data_dir / "history.json").read_text())["images"]
 
 
+def test_a_history_spoiled_and_mended_while_running_is_not_moved_aside(make_app, data_dir):
+    client = make_app().test_client()
+    upload(client)
+    good = (data_dir / "history.json").read_text()
+    (data_dir / "history.json").write_text('{"images": {')
+    assert client.get("/history").status_code == 200
+    (data_dir / "history.json").write_text(good)
+    assert upload(client).status_code == 201
+    assert not any(p.name.startswith("history.json.corrupt-") for p in data_dir.iterdir())
+    assert len(json.loads((data_dir / "history.json").read_text())["images"]) == 2
+
+
 # Real processes on real mounts: a small tmpfs for a full disk, a read-only remount.
 
 @contextmanager
