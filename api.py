@@ -52,8 +52,11 @@ def question():
 
 @bp.post("/generate")
 def generate():
-    record, image = gallery.generate(request_fields())
-    return jsonify(with_image(gallery.generation_view(record), image.data)), 201
+    made, failed = gallery.generate(request_fields())
+    answers = [with_image(gallery.generation_view(record), file.data) for record, file in made]
+    if len(answers) == 1 and failed is None:
+        return jsonify(answers[0]), 201
+    return jsonify(generations=answers, **({"failed": failed} if failed else {})), 201
 
 
 @bp.get("/history")
@@ -98,7 +101,7 @@ def healthz():
     ready = all(model["ready"] for model in models.values())
     body = {"status": "ok" if ready else "unavailable", "models": models,
             "queue": service("models").status(),
-            "generation_model": current_app.config["SD_MODEL"], "keys": service("hf_client").status(),
+            "generation": service("hf_client").status(), "keys": service("hf_client").key_status(),
             "demo": current_app.config["DEMO"]}
     if current_app.config["DEMO"]:
         body["notice"] = settings.DEMO_NOTICE

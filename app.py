@@ -98,7 +98,7 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
 
 
 def build_hf_client(config):
-    """The inference API client with the keys from HF_API_KEYS_FILE, else HF_API_KEYS."""
+    """The inference client, keys from HF_API_KEYS_FILE (else HF_API_KEYS); it asks the hub in the background."""
     keys = read_keys(config["HF_API_KEYS"], ",")
     if config["HF_API_KEYS_FILE"]:
         try:
@@ -108,9 +108,11 @@ def build_hf_client(config):
             log.error("HF_API_KEYS_FILE %s cannot be read (%s): image generation has no keys",
                       config["HF_API_KEYS_FILE"], error.strerror)
             keys = []
-    return HFClient(keys, config["HF_INFERENCE_URL"], config["SD_MODEL"], timeout=config["HF_TIMEOUT"],
-                    deadline=config["HF_DEADLINE"], max_tries=config["HF_MAX_TRIES"],
-                    exhausted_cooldown=config["HF_EXHAUSTED_COOLDOWN"])
+    client = HFClient(keys, config["SD_MODEL"], provider=config["HF_PROVIDER"], router_url=config["HF_ROUTER_URL"],
+                      timeout=config["HF_TIMEOUT"], deadline=config["HF_DEADLINE"], max_tries=config["HF_MAX_TRIES"],
+                      exhausted_cooldown=config["HF_EXHAUSTED_COOLDOWN"])
+    client.discover_in_background()  # which providers serve SD_MODEL: logged, and shown by /healthz
+    return client
 
 
 WILDCARD_HOSTS = {"", "0.0.0.0", "::"}

@@ -57,6 +57,13 @@ class UpstreamError(AppError):
     code = "upstream_error"
 
 
+class ModelNotServed(AppError):
+    """No inference provider serves SD_MODEL for text-to-image (or not the one HF_PROVIDER names)."""
+
+    status = 503
+    code = "model_not_served"
+
+
 class UpstreamRejected(AppError):
     """The inference API refused the request itself (a bad parameter, say)."""
 

@@ -18,11 +18,12 @@ from werkzeug.utils import secure_filename
 import fields
 import images
 import storage
-from errors import InvalidInput, NotFound
+from errors import AppError, InvalidInput, NotFound
 
 MAX_QUESTION = 500
 MAX_PROMPT = 200
 MAX_DESCRIPTION = 1000
+MAX_IMAGES = 4
 
 
 def service(name: str):
@@ -108,19 +109,34 @@ def ask(fields_given) -> tuple[dict, str]:
     return record, answer
 
 
-def generate(fields_given):
-    """Draw an image for a description through the inference API and keep it; return its record and image."""
+def generate(fields_given) -> tuple[list[tuple[dict, images.Encoded]], dict | None]:
+    """Draw num_images images for a description through an inference provider, each kept as its own generation.
+
+    Returns what was made, with what stopped the rest (None when all were made); raises when none was.
+    """
     description = fields.text(fields_given, "description", max_length=MAX_DESCRIPTION)
     parameters = generation_parameters(fields_given)
+    count = fields.number(fields_given, "num_images", low=1, high=MAX_IMAGES, default=1)
     storage.check_writable(current_app.config["GENERATED_FOLDER"], "GENERATED_FOLDER")
-    image = service("hf_client").generate(description, parameters)
-    generation_id = str(uuid.uuid4())
-    record = {
-        "generation_id": generation_id, "owner": owner(), "description": description, "parameters": parameters,
-        "filename": generation_id + image.extension, "mime_type": image.mime_type, "created_at": now(),
-    }
-    keep("GENERATED_FOLDER", record["filename"], image.data, service("history").add_generation, record)
-    return record, image
+    made = []
+    for index in range(count):
+        # One call an image (most providers make one at a time); a given seed goes up by one for each.
+        asked = {**parameters, "seed": (parameters["seed"] + index) % 2**32} if "seed" in parameters else parameters
+        try:
+            drawn = service("hf_client").generate(description, asked)
+        except AppError as error:
+            if not made:
+                raise
+            return made, {"count": count - len(made), "error": error.message, "code": error.code}
+        generation_id = str(uuid.uuid4())
+        record = {
+            "generation_id": generation_id, "owner": owner(), "description": description, "parameters": asked,
+            "provider": drawn.provider, "filename": generation_id + drawn.file.extension,
+            "mime_type": drawn.file.mime_type, "created_at": now(),
+        }
+        keep("GENERATED_FOLDER", record["filename"], drawn.file.data, service("history").add_generation, record)
+        made.append((record, drawn.file))
+    return made, None
 
 
 def generation_parameters(given) -> dict:
@@ -204,6 +220,7 @@ def generation_view(record: dict) -> dict:
         "generation_id": record["generation_id"],
         "description": record["description"],
         "parameters": record["parameters"],
+        "provider": record.get("provider"),
         "mime_type": record["mime_type"],
         "path": shown_path(record["filename"]),
         "image_url": url_for("api.generated_file", name=record["filename"]),

@@ -31,7 +31,7 @@ REQUIRED = {
     "generations": {"generation_id": str, "owner": str, "filename": str, "mime_type": str, "description": str,
                     "parameters": dict, "created_at": str},
 }
-OPTIONAL = {"images": {"prompt": str, "original_name": str}, "generations": {}}
+OPTIONAL = {"images": {"prompt": str, "original_name": str}, "generations": {"provider": str}}
 QUESTION = {"question": str, "answer": str, "asked_at": str}
 UNREADABLE = (ValueError, UnicodeDecodeError, RecursionError)  # RecursionError: JSON nested too deep
 

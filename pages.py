@@ -77,5 +77,5 @@ def question_form():
 @bp.post("/page/generate")
 def generate_form():
     check_csrf()
-    record, _ = gallery.generate(request.form)
-    return render_template("generated.html", generation=gallery.generation_view(record)), 201
+    made, _ = gallery.generate(request.form)
+    return render_template("generated.html", generation=gallery.generation_view(made[0][0])), 201

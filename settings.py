@@ -21,7 +21,8 @@ DEFAULTS = {
     "DEMO": False,
     "HF_API_KEYS": "",
     "HF_API_KEYS_FILE": "",
-    "HF_INFERENCE_URL": "https://router.huggingface.co/hf-inference/models",
+    "HF_PROVIDER": "auto",
+    "HF_ROUTER_URL": "https://router.huggingface.co",
     "SD_MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
     "HF_TIMEOUT": 120,
     "HF_DEADLINE": 240,
@@ -38,6 +39,12 @@ DEFAULTS = {
     "PORT": 5000,
 }
 
+# Settings that are gone, and what to set instead.
+RETIRED = {
+    "HF_INFERENCE_URL": "generation goes through inference providers now; unset it, and set HF_PROVIDER "
+                        "(default auto) and, for a proxy, HF_ROUTER_URL",
+}
+
 DEMO_NOTICE = "demo models with random weights: captions and answers are meaningless"
 
 TRUE = {"1", "true", "yes", "on"}
@@ -46,6 +53,9 @@ FALSE = {"0", "false", "no", "off", ""}
 
 def from_environment(environ) -> dict:
     """The settings the environment sets, converted to their defaults' types."""
+    for name, instead in RETIRED.items():
+        if name in environ:
+            raise ValueError(f"{name} is no longer read: {instead}")
     found = {}
     for name, default in DEFAULTS.items():
         if name not in environ:

@@ -4,8 +4,6 @@ import os
 import pytest
 from PIL import Image
 
-from app import create_app
-
 
 class FakeCaptioner:
     """Records what each image looked like; answers a fixed caption."""
@@ -57,6 +55,18 @@ def image_bytes(fmt="PNG", mode="RGB", size=(40, 30), color=None, **save_args) -
     return buffer.getvalue()
 
 
+# The tests' Hugging Face hub and router, started before anything imports huggingface_hub, which
+# reads HF_ENDPOINT once, when it is imported.
+from fake_hf import FakeClock, FakeHuggingFace  # noqa: E402
+
+HUGGING_FACE = FakeHuggingFace()
+os.environ["HF_ENDPOINT"] = HUGGING_FACE.url
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("HF_TOKEN", None)
+
+from app import create_app  # noqa: E402
+
+
 @pytest.fixture(scope="session")
 def tiny_blip(tmp_path_factory):
     """Tiny BLIP checkpoints with random weights, saved the way the real ones are."""
@@ -78,19 +88,15 @@ def tiny_models(tiny_blip):
 
 @pytest.fixture
 def fake_api():
-    """The tests' own Hugging Face inference API on 127.0.0.1."""
-    from fake_hf import FakeInferenceAPI
-
-    api = FakeInferenceAPI()
-    yield api
-    api.close()
+    """The tests' own Hugging Face hub and inference router on 127.0.0.1, with nothing scripted yet."""
+    HUGGING_FACE.reset()
+    yield HUGGING_FACE
+    HUGGING_FACE.release.set()
 
 
 @pytest.fixture
 def clock():
     """An injected clock that moves only when told (or when the client 'sleeps')."""
-    from fake_hf import FakeClock
-
     return FakeClock()
 
 

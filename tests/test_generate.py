@@ -12,6 +12,14 @@ from keys import fingerprint
 KEYS = ["hf_genAAAAAAAAAAAA1111", "hf_genBBBBBBBBBBBB2222"]
 
 
+def same_pixels(first: bytes, second: bytes) -> bool:
+    from io import BytesIO
+
+    from PIL import Image
+
+    return Image.open(BytesIO(first)).tobytes() == Image.open(BytesIO(second)).tobytes()
+
+
 @pytest.fixture
 def api(fake_api):
     return fake_api
@@ -20,7 +28,8 @@ def api(fake_api):
 @pytest.fixture
 def generating_app(make_app, api, clock):
     def make(keys=KEYS, **config):
-        client = HFClient(keys, api.url, "stabilityai/sdxl", clock=clock, sleep=clock.sleep, timeout=0.5)
+        client = HFClient(keys, "stabilityai/sdxl", provider="hf-inference", router_url=api.url, clock=clock,
+                          sleep=clock.sleep, timeout=0.5)
         app = make_app(**config)
         app.extensions["hf_client"] = client
         return app
@@ -37,15 +46,16 @@ def test_generate_saves_the_image_and_its_record(generating_app, api, data_dir):
     assert response.status_code == 201
     body = response.get_json()
     assert set(body) >= {"generation_id", "image", "mime_type", "path", "image_url", "created_at"}
-    assert base64.b64decode(body["image"]) == png() and body["mime_type"] == "image/png"
+    image = base64.b64decode(body["image"])
+    assert same_pixels(image, png()) and body["mime_type"] == "image/png" and body["provider"] == "hf-inference"
     assert body["path"] == os.path.join("generated", f"{body['generation_id']}.png")
     assert str(data_dir) not in response.get_data(as_text=True)
-    assert (data_dir / "uploads" / "generated" / f"{body['generation_id']}.png").read_bytes() == png()
+    assert (data_dir / "uploads" / "generated" / f"{body['generation_id']}.png").read_bytes() == image
     assert api.requests[0]["body"] == {"inputs": "a lighthouse at dusk", "parameters": {
         "height": 512, "width": 768, "num_inference_steps": 25, "guidance_scale": 7.5,
         "negative_prompt": "fog", "seed": 7}}
     served = client.get(body["image_url"])
-    assert served.status_code == 200 and served.data == png() and served.mimetype == "image/png"
+    assert served.status_code == 200 and served.data == image and served.mimetype == "image/png"
     one = client.get(f"/generations/{body['generation_id']}").get_json()
     assert one["description"] == "a lighthouse at dusk" and one["parameters"]["seed"] == 7
     listed = client.get("/history").get_json()
@@ -155,11 +165,11 @@ def test_keys_come_from_the_file_before_the_environment(make_app, tmp_path, api)
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text("# production\nhf_fileAAAAAAAAAAA9999\n\n")
     app = make_app(HF_API_KEYS="hf_envAAAAAAAAAAAA8888", HF_API_KEYS_FILE=str(keys_file),
-                   HF_INFERENCE_URL=api.url, SD_MODEL="some/model")
+                   HF_ROUTER_URL=api.url, HF_PROVIDER="hf-inference", SD_MODEL="some/model")
     response = app.test_client().post("/generate", json={"description": "a cat"})
     assert response.status_code == 201
     assert api.keys_used() == ["hf_fileAAAAAAAAAAA9999"]
-    assert api.requests[0]["path"] == "/models/some/model"
+    assert api.requests[0]["path"] == "/hf-inference/models/some/model"
 
 
 def test_the_saved_path_is_never_absolute(make_app):

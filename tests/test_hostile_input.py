@@ -127,7 +127,7 @@ def test_odd_questions(client, data_dir, question, status, code):
 
 def test_a_lone_surrogate_in_a_description_never_reaches_the_paid_api(make_app, data_dir, fake_api):
     app = make_app()
-    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], fake_api.url, "some/model")
+    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], "some/model", provider="hf-inference", router_url=fake_api.url)
     response = app.test_client().post("/generate", json={"description": "a cat \udfff"})
     assert response.status_code == 400 and response.get_json()["code"] == "invalid_description"
     assert fake_api.requests == [] and stored_files(data_dir) == []
@@ -148,7 +148,7 @@ def test_paging_takes_only_ascii_digits(make_app, query):
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "7,5", "٧"])
 def test_decimal_fields_take_only_ascii_numbers(make_app, value, fake_api):
     app = make_app()
-    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], fake_api.url, "some/model")
+    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], "some/model", provider="hf-inference", router_url=fake_api.url)
     response = app.test_client().post("/generate", data={"description": "a cat", "guidance_scale": value})
     assert response.status_code == 400 and response.get_json()["code"] == "invalid_guidance_scale"
     assert fake_api.requests == []
