@@ -18,10 +18,10 @@ demo: install
 test: install-dev browser nginx
 	$(BIN)/python -m pytest
 
-bench: install
+bench: install-dev
 	$(BIN)/python bench/speed.py
 
-bench-limits: install nginx
+bench-limits: install-dev nginx
 	$(BIN)/python bench/limits.py
 
 install: $(VENV)/.installed
