@@ -36,10 +36,20 @@ def with_image(view: dict, data: bytes) -> dict:
     return {**view, "image": base64.b64encode(data).decode("ascii")}
 
 
+def image_wanted() -> bool:
+    """Whether the answer carries the image as base64: yes, unless ?include_image=0 (for terminals)."""
+    value = request.args.get("include_image", "1").strip().lower()
+    if value not in settings.TRUE | settings.FALSE:
+        raise InvalidInput("'include_image' must be 1 or 0", code="invalid_include_image")
+    return value in settings.TRUE
+
+
 @bp.post("/upload")
 def upload():
+    include = image_wanted()
     record, stored = gallery.upload(request.files, request.form)
-    return jsonify(with_image(gallery.image_view(record), stored.data)), 201
+    view = gallery.image_view(record)
+    return jsonify(with_image(view, stored.data) if include else view), 201
 
 
 @bp.post("/question")
@@ -52,8 +62,10 @@ def question():
 
 @bp.post("/generate")
 def generate():
+    include = image_wanted()
     made, failed = gallery.generate(request_fields())
-    answers = [with_image(gallery.generation_view(record), file.data) for record, file in made]
+    answers = [with_image(gallery.generation_view(record), file.data) if include else gallery.generation_view(record)
+               for record, file in made]
     if len(answers) == 1 and failed is None:
         return jsonify(answers[0]), 201
     return jsonify(generations=answers, **({"failed": failed} if failed else {})), 201

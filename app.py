@@ -44,8 +44,11 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
     app.config.from_mapping(settings.DEFAULTS)
     app.config.from_mapping(settings.from_environment(os.environ))
     app.config.from_mapping(config or {})
+    app.config["ROOT"] = app.root_path  # relative paths in the settings are taken from here
     for folder in ("UPLOAD_FOLDER", "GENERATED_FOLDER", "HISTORY_FILE"):
         app.config[folder] = os.path.join(app.root_path, app.config[folder])
+    if app.config["HF_API_KEYS_FILE"]:
+        app.config["HF_API_KEYS_FILE"] = os.path.join(app.root_path, os.path.expanduser(app.config["HF_API_KEYS_FILE"]))
     # Room for the multipart envelope around a file of MAX_IMAGE_BYTES.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_IMAGE_BYTES"] + 64 * 1024
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
@@ -78,23 +81,32 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
 
 
 def load_models(config, need_captioner: bool, need_answerer: bool):
-    """Load the real BLIP models named by the settings (torch is imported only here)."""
+    """Load the real BLIP models named by the settings (torch is imported only here).
+
+    A setting that names a local folder loads it; a hub id is downloaded, or, when the hub does not
+    answer within seconds, read from the local cache only (HF_HUB_OFFLINE is not set: it would
+    switch generation off too).
+    """
+    import huggingface_hub
     import models
 
-    captioner = answerer = None
-    if need_captioner:
-        captioner = models.load(
-            models.Captioner, config["CAPTION_MODEL"], "CAPTION_MODEL", config["DEVICE"],
-            dict(num_beams=config["CAPTION_NUM_BEAMS"], min_length=config["CAPTION_MIN_LENGTH"],
-                 max_length=config["CAPTION_MAX_LENGTH"]), config["FAST_MODE"],
-        )
-    if need_answerer:
-        answerer = models.load(
-            models.Answerer, config["VQA_MODEL"], "VQA_MODEL", config["DEVICE"],
-            dict(num_beams=config["VQA_NUM_BEAMS"], min_length=config["VQA_MIN_LENGTH"],
-                 max_length=config["VQA_MAX_LENGTH"]), config["FAST_MODE"],
-        )
-    return captioner, answerer
+    threads = models.share_cores(config["WEB_CONCURRENCY"])
+    log.info("%d worker(s) on %d cores: %d torch thread(s) in this one", config["WEB_CONCURRENCY"],
+             os.cpu_count() or 1, threads)
+    wanted = [(kind, setting) for kind, setting, need in ((models.Captioner, "CAPTION_MODEL", need_captioner),
+                                                          (models.Answerer, "VQA_MODEL", need_answerer)) if need]
+    sources = {setting: settings.model_source(config[setting], config["ROOT"]) for _, setting in wanted}
+    online = all(local for _, local in sources.values()) or models.hub_reachable(huggingface_hub.constants.ENDPOINT)
+    if not online:
+        log.warning("the Hugging Face hub cannot be reached: models are read from the local cache only")
+    loaded = {}
+    for kind, setting in wanted:
+        prefix = setting.split("_")[0]  # CAPTION or VQA
+        generation = {name: config[f"{prefix}_{name.upper()}"] for name in ("num_beams", "min_length", "max_length")}
+        source, local = sources[setting]
+        loaded[setting] = models.load(kind, source, setting, config["DEVICE"], generation, config["FAST_MODE"],
+                                      local=local, hub_online=online)
+    return loaded.get("CAPTION_MODEL"), loaded.get("VQA_MODEL")
 
 
 def build_hf_client(config):

@@ -44,7 +44,10 @@ def check_filename(filename: str) -> None:
 
 def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Picture:
     """Decode a PNG or JPEG judged by its content: first frame, upright, sRGB, re-encoded with its pixels only."""
-    if max_bytes is not None and stream.seek(0, os.SEEK_END) > max_bytes:
+    size = stream.seek(0, os.SEEK_END)
+    if size == 0:
+        raise InvalidImage("the file is empty: choose the image again and upload it", code="empty_file")
+    if max_bytes is not None and size > max_bytes:
         raise too_many_bytes(max_bytes)
     stream.seek(0)
     # Pillow only warns between its own limit and twice that; below the lower of the two

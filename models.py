@@ -9,6 +9,8 @@ without changing a token: FewRowLinear (on the CPU) and SharedByBeamsCache.
 """
 
 import logging
+import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -104,11 +106,13 @@ class BlipModel:
         self.text_config = model.config.text_config
 
     @classmethod
-    def from_pretrained(cls, name: str, device: str = "auto", generation: dict | None = None, fast: bool = False):
+    def from_pretrained(cls, name: str, device: str = "auto", generation: dict | None = None, fast: bool = False,
+                        local_files_only: bool = False):
         """Load a hub id or a local directory: fp16 on a GPU, fp32 on the CPU (bf16 if fast and native)."""
         target = pick_device(device)
-        processor = BlipProcessor.from_pretrained(name)
-        model = cls.model_class.from_pretrained(name, dtype=pick_dtype(target, fast)).to(target)
+        processor = BlipProcessor.from_pretrained(name, local_files_only=local_files_only)
+        model = cls.model_class.from_pretrained(name, dtype=pick_dtype(target, fast),
+                                                local_files_only=local_files_only).to(target)
         if target.type == "cpu":
             use_few_row_linears(model.text_decoder)  # its beam-search steps are a few rows each
         return cls(model, processor, name=name, generation=generation)
@@ -252,17 +256,61 @@ class UnavailableModel:
         self.message = message
 
 
-def load(kind: type[BlipModel], name: str, setting: str, device: str, generation: dict, fast: bool = False):
-    """Load a model, or an UnavailableModel that explains the failure; the server starts either way."""
+def share_cores(workers: int) -> int:
+    """Give this process's torch its share of the cores, when several workers share them; return its threads."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def hub_reachable(endpoint: str, seconds: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers at all within a few seconds (any HTTP answer counts)."""
+    import httpx2
+
+    done, answered = threading.Event(), []
+
+    def ask():
+        try:
+            httpx2.get(f"{endpoint}/api/models", params={"limit": 1}, timeout=seconds)
+            answered.append(True)
+        except httpx2.HTTPError:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=ask, name="hub-probe", daemon=True).start()
+    done.wait(seconds + 1)  # a name lookup that hangs past the timeout counts as no answer
+    return bool(answered)
+
+
+def load(kind: type[BlipModel], source: str, setting: str, device: str, generation: dict, fast: bool = False,
+         *, local: bool = False, hub_online: bool = True):
+    """Load a model, or an UnavailableModel that says what to do; the server starts either way.
+
+    source is a local folder when local, else a hub id; with the hub offline only its local cache is read.
+    """
+    if local and not os.path.isdir(source):
+        return unavailable(source, f"{setting}: no such folder '{source}': check the path (relative paths are taken "
+                                   "from the app's folder), or give a hub id")
     try:
-        model = kind.from_pretrained(name, device, generation, fast)
+        model = kind.from_pretrained(source, device, generation, fast, local_files_only=not (local or hub_online))
     except Exception as error:  # any failure to load leaves the server up, with the reason on record
-        message = (
-            f"the model '{name}' could not be loaded ({type(error).__name__}): point {setting} at a "
-            "local copy of it, or connect to the internet once so the hub can download it"
-        )
-        log.error(message)
-        log.debug("loading %s failed", name, exc_info=True)
-        return UnavailableModel(name, message)
-    log.info("loaded %s from %s on %s (%s)", kind.__name__, name, model.device, model.dtype)
+        log.debug("loading %s failed", source, exc_info=True)
+        if local:
+            return unavailable(source, f"{setting}: the folder '{source}' holds no loadable BLIP checkpoint "
+                                       f"({type(error).__name__}): point it at a folder saved with save_pretrained")
+        if not hub_online:
+            return unavailable(source, f"{setting}: '{source}' is not in the local cache and the Hugging Face hub "
+                                       f"cannot be reached: run `hf download {source}` on a connected machine and "
+                                       f"copy its cache (~/.cache/huggingface) here, or point {setting} at a local "
+                                       "folder; `make demo` runs the app without the weights")
+        return unavailable(source, f"{setting}: the model '{source}' could not be loaded from the hub "
+                                   f"({type(error).__name__}): check the id, or point {setting} at a local folder")
+    log.info("loaded %s from %s on %s (%s)", kind.__name__, source, model.device, model.dtype)
     return model
+
+
+def unavailable(name: str, message: str) -> UnavailableModel:
+    """The stand-in for a model that could not be loaded, its reason logged once."""
+    log.error(message)
+    return UnavailableModel(name, message)

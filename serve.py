@@ -46,7 +46,7 @@ def nginx_config(run_folder: str, listen: str, upstream: str, max_body: int) -> 
 daemon off;
 worker_processes 1;
 pid {run_folder}/nginx.pid;
-error_log stderr error;
+error_log stderr crit;  # not a line for each request that finds gunicorn still starting
 events {{ worker_connections 1024; }}
 http {{
     access_log off;

@@ -1,5 +1,7 @@
 """The settings: defaults, read from the environment by the names in the README."""
 
+import os
+
 DEFAULTS = {
     "CAPTION_MODEL": "Salesforce/blip-image-captioning-base",
     "VQA_MODEL": "Salesforce/blip-vqa-base",
@@ -35,6 +37,7 @@ DEFAULTS = {
     "MAX_IMAGE_PIXELS": 40_000_000,
     "SECRET_KEY": "",
     "TRUSTED_HOSTS": "",
+    "WEB_CONCURRENCY": 1,
     "HOST": "127.0.0.1",
     "PORT": 5000,
 }
@@ -73,3 +76,17 @@ def from_environment(environ) -> dict:
         else:
             found[name] = raw
     return found
+
+
+def model_source(value: str, root: str) -> tuple[str, bool]:
+    """A model setting as (where to load from, whether that is a local folder).
+
+    A folder that exists (relative paths are taken from root), or a value written as a path
+    (absolute, ./, ../ or ~), is local; anything else is a hub id such as Salesforce/blip-vqa-base.
+    """
+    expanded = os.path.expanduser(value)
+    path = os.path.join(root, expanded)
+    written_as_path = os.path.isabs(expanded) or value.startswith(("./", "../", "~"))
+    if os.path.isdir(path) or written_as_path:
+        return os.path.normpath(path), True
+    return value, False

@@ -46,7 +46,7 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float = 120) -> 
         try:
             requests.get(url, timeout=2)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a worker still loading
             time.sleep(0.1)
     raise AssertionError(f"{url} did not answer within {seconds} s")
 

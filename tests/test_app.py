@@ -132,7 +132,7 @@ def big_header_png():
         (image_bytes("GIF", "P"), "anim.gif", 400, "unsupported_file_type"),
         (image_bytes("GIF", "P"), "anim.png", 400, "not_an_image"),
         (image_bytes("PNG", size=(64, 64))[:-40], "cut.png", 400, "not_an_image"),
-        (b"", "empty.png", 400, "not_an_image"),
+        (b"", "empty.png", 400, "empty_file"),
         (big_header_png(), "huge.png", 413, "image_too_large"),
         (b"\x89PNG" + b"\0" * (17 * 1024 * 1024), "big.png", 413, "file_too_large"),
     ],
