@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test bench bench-limits install install-dev browser nginx
+.PHONY: run demo test bench bench-limits bench-start install install-dev browser nginx
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -23,6 +23,9 @@ bench: install-dev
 
 bench-limits: install-dev nginx
 	$(BIN)/python bench/limits.py
+
+bench-start: install-dev nginx
+	$(BIN)/python bench/first_start.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

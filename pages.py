@@ -35,7 +35,14 @@ def check_csrf() -> None:
 
 @bp.app_context_processor
 def page_globals():
-    return {"csrf_token": csrf_token, "demo": current_app.config["DEMO"], "demo_notice": settings.DEMO_NOTICE}
+    return {"csrf_token": csrf_token, "demo": current_app.config["DEMO"], "demo_notice": settings.DEMO_NOTICE,
+            "missing": missing_models()}
+
+
+def missing_models() -> dict[str, str]:
+    """The models that could not be loaded, by role, with what to do about each."""
+    return {role: service(role).message for role in ("captioner", "answerer")
+            if not getattr(service(role), "ready", True)}
 
 
 @bp.errorhandler(AppError)

@@ -90,3 +90,20 @@ def test_the_gallery_escapes_captions(make_app):
     client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "<b>name</b>.png")})
     page = client.get("/").get_data(as_text=True)
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_missing_model_is_told_at_the_top_and_what_needs_it_is_off(make_app):
+    from models import UnavailableModel
+
+    app = make_app(captioner=UnavailableModel("Salesforce/blip-image-captioning-base",
+                                              "CAPTION_MODEL: run `hf download Salesforce/blip-image-captioning-base`"))
+    page = app.test_client().get("/").get_data(as_text=True)
+    assert "Captioning is off: CAPTION_MODEL: run `hf download Salesforce/blip-image-captioning-base`" in page
+    assert "make demo" in page and "Questions are off" not in page
+    assert re.search(r'<button type="submit" disabled>Upload and caption</button>', page)
+    assert re.search(r'<button type="submit">Ask</button>', page)
+
+
+def test_no_notice_when_the_models_are_loaded(make_app):
+    page = make_app().test_client().get("/").get_data(as_text=True)
+    assert 'class="notice"' not in page and "disabled" not in page
