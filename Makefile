@@ -13,7 +13,7 @@ run: install nginx
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python serve.py
 
 demo: install
-	$(BIN)/python demo.py
+	$(BIN)/python demo/serve.py
 
 test: install-dev browser nginx
 	$(BIN)/python -m pytest

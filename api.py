@@ -1,16 +1,18 @@
-"""The JSON API: each view reads the request, calls the gallery once, and shapes the answer."""
+"""The JSON API: each view reads the request, calls one action, and shapes the answer."""
 
 import base64
+import select
+import socket
 
 from flask import Blueprint, current_app, jsonify, request, send_from_directory
 
-import fields
-import gallery
+import actions
+import field_checks
 import images
 import settings
 import storage
+from actions import service
 from errors import InvalidInput, NotFound
-from gallery import service
 
 bp = Blueprint("api", __name__)
 
@@ -31,6 +33,20 @@ def request_fields():
     return body
 
 
+def client_gone() -> bool:
+    """Whether the caller closed the connection while waiting (gunicorn and werkzeug expose the socket)."""
+    connection = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if connection is None:
+        return False
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except ValueError:  # a TLS socket cannot peek: no way to tell, so the caller is taken to be there
+        return False
+    except OSError:
+        return True
+
+
 def with_image(view: dict, data: bytes) -> dict:
     """A view with the image itself, base64-encoded."""
     return {**view, "image": base64.b64encode(data).decode("ascii")}
@@ -47,15 +63,15 @@ def image_wanted() -> bool:
 @bp.post("/upload")
 def upload():
     include = image_wanted()
-    record, stored = gallery.upload(request.files, request.form)
-    view = gallery.image_view(record)
+    record, stored = actions.upload(request.files, request.form, client_gone)
+    view = actions.image_view(record)
     return jsonify(with_image(view, stored.data) if include else view), 201
 
 
 @bp.post("/question")
 def question():
-    record, answer = gallery.ask(request_fields())
-    thread = gallery.thread(record)
+    record, answer = actions.ask(request_fields(), client_gone)
+    thread = actions.thread(record)
     return jsonify(image_id=record["image_id"], question=thread[-1]["question"], answer=answer,
                    caption=record["caption"], history=thread)
 
@@ -63,8 +79,8 @@ def question():
 @bp.post("/generate")
 def generate():
     include = image_wanted()
-    made, failed = gallery.generate(request_fields())
-    answers = [with_image(gallery.generation_view(record), file.data) if include else gallery.generation_view(record)
+    made, failed = actions.generate(request_fields())
+    answers = [with_image(actions.generation_view(record), file.data) if include else actions.generation_view(record)
                for record, file in made]
     if len(answers) == 1 and failed is None:
         return jsonify(answers[0]), 201
@@ -73,19 +89,19 @@ def generate():
 
 @bp.get("/history")
 def history():
-    limit = fields.number(request.args, "limit", low=1, high=PAGE_LIMIT, default=50)
-    offset = fields.number(request.args, "offset", low=0, high=10**9, default=0)
-    return jsonify(gallery.history_page(limit, offset))
+    limit = field_checks.number(request.args, "limit", low=1, high=PAGE_LIMIT, default=50)
+    offset = field_checks.number(request.args, "offset", low=0, high=10**9, default=0)
+    return jsonify(actions.history_page(limit, offset))
 
 
 @bp.get("/images/<image_id>")
 def image(image_id):
-    return jsonify(gallery.image_view(service("history").image(image_id)))
+    return jsonify(actions.image_view(service("history").image(image_id)))
 
 
 @bp.get("/generations/<generation_id>")
 def generation(generation_id):
-    return jsonify(gallery.generation_view(service("history").generation(generation_id)))
+    return jsonify(actions.generation_view(service("history").generation(generation_id)))
 
 
 @bp.get("/uploads/<name>")

@@ -4,8 +4,8 @@ Each splits its work where the image stops mattering, so that what depends on th
 can be computed once and reused: the vision embedding for captions, and for questions the VQA
 vision embedding together with the text encoder's cross-attention keys and values over it.
 The calls are the ones BlipForConditionalGeneration.generate and BlipForQuestionAnswering.generate
-make, in the same order, so in fp32 the tokens equal theirs. Two changes make decoding cheaper
-without changing a token: FewRowLinear (on the CPU) and SharedByBeamsCache.
+make, in the same order, so in fp32 the tokens equal theirs. Decoding is made cheaper without
+changing a token by decoding.py (FewRowLinear on the CPU, SharedByBeamsCache).
 """
 
 import logging
@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
-from transformers.image_processing_backends import PilBackend
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.image_processing_backends import PilBackend
+
+from decoding import SharedByBeamsCache, use_few_row_linears
 
 log = logging.getLogger(__name__)
 
@@ -44,50 +46,6 @@ def pick_dtype(device: torch.device, fast: bool) -> torch.dtype:
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if fast and cpu_has_fast_bf16() else torch.float32
-
-
-class FewRowLinear(torch.nn.Linear):
-    """nn.Linear that computes a few rows as W·xᵀ instead of x·Wᵀ.
-
-    A decoding step of a 3-beam search multiplies 3 rows (6 for two requests) by every weight.
-    For so few rows MKL computes x·Wᵀ on one core through a slow path, while W·xᵀ runs on every
-    core: on a 2-core CPU, with the weights coming from memory, it is 1.4-2.5x faster for BLIP's
-    layers and 3.3x for its 30524-word output layer. The two differ only in the order floats are
-    summed (about 1e-6 relative); the tokens stay the same.
-    """
-
-    few = 8
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        rows = inputs.numel() // self.in_features
-        if not 0 < rows <= self.few:
-            return super().forward(inputs)
-        flat = inputs.reshape(rows, self.in_features).T
-        if self.bias is None:
-            product = self.weight @ flat
-        else:
-            product = torch.addmm(self.bias[:, None], self.weight, flat)
-        return product.T.reshape(*inputs.shape[:-1], self.out_features)
-
-
-def use_few_row_linears(module: torch.nn.Module) -> None:
-    """Turn every plain nn.Linear inside module into a FewRowLinear (same weights, no copy)."""
-    for layer in module.modules():
-        if type(layer) is torch.nn.Linear:
-            layer.__class__ = FewRowLinear
-
-
-class SharedByBeamsCache(DynamicCache):
-    """The decoder's cross-attention keys and values, which beam search need not reorder.
-
-    Every beam of one request attends to the same encoder states, so its keys and values are the
-    same for all of them, and picking beams changes nothing in them. transformers reorders them
-    anyway, copying them at every step: for a caption, 24 tensors over 577 image tokens a step,
-    about 7% of the decoder's time at BLIP-base size.
-    """
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Nothing to do: the beams' rows are equal, and beams are only picked within a request."""
 
 
 class BlipModel:

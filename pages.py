@@ -6,12 +6,13 @@ import secrets
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-import fields
-import gallery
+import actions
+import field_checks
 import images
 import settings
+from actions import service
+from api import client_gone
 from errors import AppError, InvalidInput
-from gallery import service
 
 bp = Blueprint("pages", __name__)
 
@@ -58,31 +59,31 @@ def form_too_large(error: RequestEntityTooLarge):
 
 @bp.get("/")
 def index():
-    shown = fields.number(request.args, "shown", low=GALLERY_PAGE, high=1000, default=GALLERY_PAGE)
-    return render_template("index.html", history=gallery.history_page(shown, 0), page_size=GALLERY_PAGE)
+    shown = field_checks.number(request.args, "shown", low=GALLERY_PAGE, high=1000, default=GALLERY_PAGE)
+    return render_template("index.html", history=actions.history_page(shown, 0), page_size=GALLERY_PAGE)
 
 
 @bp.get("/page/images/<image_id>")
 def image_page(image_id):
-    return render_template("image.html", image=gallery.image_view(service("history").image(image_id)))
+    return render_template("image.html", image=actions.image_view(service("history").image(image_id)))
 
 
 @bp.post("/page/upload")
 def upload_form():
     check_csrf()
-    record, _ = gallery.upload(request.files, request.form)
+    record, _ = actions.upload(request.files, request.form, client_gone)
     return redirect(url_for("pages.image_page", image_id=record["image_id"]), 303)
 
 
 @bp.post("/page/question")
 def question_form():
     check_csrf()
-    record, _ = gallery.ask(request.form)
+    record, _ = actions.ask(request.form, client_gone)
     return redirect(url_for("pages.image_page", image_id=record["image_id"], _anchor="latest"), 303)
 
 
 @bp.post("/page/generate")
 def generate_form():
     check_csrf()
-    made, _ = gallery.generate(request.form)
-    return render_template("generated.html", generation=gallery.generation_view(made[0][0])), 201
+    made, _ = actions.generate(request.form)
+    return render_template("generated.html", generation=actions.generation_view(made[0][0])), 201

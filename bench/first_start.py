@@ -22,7 +22,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import random_blip  # noqa: E402
+from demo import random_blip  # noqa: E402
 from report import write_section  # noqa: E402
 
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")

@@ -250,7 +250,7 @@ def machine() -> dict:
 def model_paths() -> tuple[dict, str]:
     if os.environ.get("CAPTION_MODEL") and os.environ.get("VQA_MODEL"):
         return {"caption": os.environ["CAPTION_MODEL"], "vqa": os.environ["VQA_MODEL"]}, "real checkpoints"
-    import random_blip
+    from demo import random_blip
 
     print("building full-size BLIP-base checkpoints with random weights in bench-models/ (once) ...", flush=True)
     return random_blip.save_random_blip(os.path.join(ROOT, "bench-models"), "base"), \

@@ -70,7 +70,7 @@ from app import create_app  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_blip(tmp_path_factory):
     """Tiny BLIP checkpoints with random weights, saved the way the real ones are."""
-    import random_blip
+    from demo import random_blip
 
     return random_blip.save_random_blip(str(tmp_path_factory.mktemp("blip")))
 

@@ -10,7 +10,8 @@ from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering
 from batcher import Batcher, QueueFull
 from errors import ModelBusy, ModelTimeout, ModelUnavailable
 from model_service import ContextCache, ModelService
-from models import FewRowLinear, UnavailableModel
+from decoding import FewRowLinear
+from models import UnavailableModel
 
 
 class Recorder:

@@ -80,7 +80,7 @@ def test_make_demo_keeps_its_data_apart(tmp_path):
            "DEMO_DATA": str(demo_data), "CAPTION_MAX_LENGTH": "8", "CAPTION_MIN_LENGTH": "2"}
     real_history = os.path.join(servers.ROOT, "history.json")
     before = os.stat(real_history).st_mtime_ns if os.path.exists(real_history) else None
-    process = servers.start([servers.PYTHON, "demo.py"], env, str(tmp_path / "demo.log"))
+    process = servers.start([servers.PYTHON, "demo/serve.py"], env, str(tmp_path / "demo.log"))
     try:
         base = f"http://127.0.0.1:{port}"
         servers.wait_until_up(base + "/healthz", process)

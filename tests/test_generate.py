@@ -173,11 +173,11 @@ def test_keys_come_from_the_file_before_the_environment(make_app, tmp_path, api)
 
 
 def test_the_saved_path_is_never_absolute(make_app):
-    import gallery
+    import actions
 
     app = make_app()
     with app.app_context():
-        assert gallery.shown_path("x.png") == os.path.join("generated", "x.png")
+        assert actions.shown_path("x.png") == os.path.join("generated", "x.png")
     inside = make_app(GENERATED_FOLDER=os.path.join(app.root_path, "uploads", "generated"))
     with inside.app_context():
-        assert gallery.shown_path("x.png") == os.path.join("uploads", "generated", "x.png")
+        assert actions.shown_path("x.png") == os.path.join("uploads", "generated", "x.png")

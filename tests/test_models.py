@@ -3,6 +3,7 @@ import logging
 import torch
 from PIL import Image
 
+import decoding
 import models
 
 
@@ -74,8 +75,8 @@ def test_few_row_linear_gives_linear_values_for_any_row_count():
         plain = torch.nn.Linear(48, 40, bias=bias)
         few = torch.nn.Linear(48, 40, bias=bias)
         few.load_state_dict(plain.state_dict())
-        models.use_few_row_linears(few)
-        assert type(few) is models.FewRowLinear
+        decoding.use_few_row_linears(few)
+        assert type(few) is decoding.FewRowLinear
         for shape in ((1, 48), (3, 1, 48), (2, 2, 48), (5, 48), (3, 7, 48)):
             inputs = torch.randn(shape)
             got = few(inputs)
@@ -86,14 +87,14 @@ def test_few_row_linear_gives_linear_values_for_any_row_count():
 def test_from_pretrained_gives_the_cpu_decoders_few_row_linears(tiny_models):
     for model in (wrapper.model for wrapper in tiny_models):
         decoder = [type(layer) for layer in model.text_decoder.modules() if isinstance(layer, torch.nn.Linear)]
-        assert decoder and set(decoder) == {models.FewRowLinear}
-        assert models.FewRowLinear not in {type(layer) for layer in model.vision_model.modules()}
+        assert decoder and set(decoder) == {decoding.FewRowLinear}
+        assert decoding.FewRowLinear not in {type(layer) for layer in model.vision_model.modules()}
 
 
 def test_beam_search_leaves_the_cross_attention_cache_in_place(tiny_models, monkeypatch):
     captioner, answerer = tiny_models
     asked = []
-    monkeypatch.setattr(models.SharedByBeamsCache, "reorder_cache", lambda self, beam_idx: asked.append(self))
+    monkeypatch.setattr(decoding.SharedByBeamsCache, "reorder_cache", lambda self, beam_idx: asked.append(self))
     captioner.caption(Image.new("RGB", (30, 30), "red"))
     answerer.answer(Image.new("RGB", (30, 30), "red"), "what color is it?")
     assert len(asked) > 2  # beam search reached the decoders' cross-attention caches, which keep their rows

@@ -70,7 +70,7 @@ def test_gunicorn_loads_both_models_before_any_request(tmp_path, tiny_blip):
 def test_make_demo_serves_tiny_models_and_says_so(tmp_path):
     port = servers.free_port()
     env = {**data_env(tmp_path, port), "DEMO_MODELS": str(tmp_path / "demo-models")}
-    process = servers.start([servers.PYTHON, "demo.py"], env, str(tmp_path / "demo.log"))
+    process = servers.start([servers.PYTHON, "demo/serve.py"], env, str(tmp_path / "demo.log"))
     try:
         base = f"http://127.0.0.1:{port}"
         servers.wait_until_up(base + "/healthz", process)

@@ -1,21 +1,20 @@
-"""What the assistant keeps for a session: uploaded images with their Q&A, and generations.
+"""The assistant's actions: upload, ask, generate, and the history they keep for a session.
 
 Each action validates, calls one model or client, then stores the file and its record together:
-neither stays on disk without the other. The JSON API and the page both call these.
+neither stays on disk without the other. The JSON API and the page both call these; they pass in
+how to tell that the caller has gone (gave_up), which only the web layer knows.
 """
 
 import os
-import select
-import socket
 import uuid
 from datetime import datetime, timezone
 from typing import Callable
 
-from flask import current_app, request, session, url_for
+from flask import current_app, session, url_for
 from PIL import Image
 from werkzeug.utils import secure_filename
 
-import fields
+import field_checks
 import images
 import storage
 from errors import AppError, InvalidInput, NotFound
@@ -44,21 +43,7 @@ def owner() -> str:
     return session["owner"]
 
 
-def client_gone() -> bool:
-    """Whether the caller closed the connection while waiting (gunicorn and werkzeug expose the socket)."""
-    connection = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    if connection is None:
-        return False
-    try:
-        readable, _, _ = select.select([connection], [], [], 0)
-        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
-    except ValueError:  # a TLS socket cannot peek: no way to tell, so the caller is taken to be there
-        return False
-    except OSError:
-        return True
-
-
-def upload(files, form) -> tuple[dict, images.Encoded]:
+def upload(files, form, gave_up: Callable[[], bool] = bool) -> tuple[dict, images.Encoded]:
     """Validate an uploaded file (and an optional caption prompt), caption it, keep it."""
     sent = files.getlist("image")
     if not sent:
@@ -69,11 +54,11 @@ def upload(files, form) -> tuple[dict, images.Encoded]:
                            code="too_many_files")
     file = sent[0]
     images.check_filename(file.filename or "")
-    prompt = fields.text(form, "prompt", max_length=MAX_PROMPT, required=False)
+    prompt = field_checks.text(form, "prompt", max_length=MAX_PROMPT, required=False)
     service("models").check_caption(prompt)
     storage.check_writable(current_app.config["UPLOAD_FOLDER"], "UPLOAD_FOLDER")
     stored, model_input = decode(file.stream)
-    caption = service("models").caption(model_input, prompt, client_gone)
+    caption = service("models").caption(model_input, prompt, gave_up)
     image_id = str(uuid.uuid4())
     record = {
         "image_id": image_id, "owner": owner(), "filename": image_id + stored.extension,
@@ -97,13 +82,13 @@ def decode(stream) -> tuple[images.Encoded, object]:
         return picture.file, service("models").caption_input(picture.pixels)
 
 
-def ask(fields_given) -> tuple[dict, str]:
+def ask(fields_given, gave_up: Callable[[], bool] = bool) -> tuple[dict, str]:
     """Answer a question about a kept image and add it to the caller's thread; return the record and answer."""
-    question = fields.text(fields_given, "question", max_length=MAX_QUESTION)
-    image_id = fields.text(fields_given, "image_id", max_length=100)
+    question = field_checks.text(fields_given, "question", max_length=MAX_QUESTION)
+    image_id = field_checks.text(fields_given, "image_id", max_length=100)
     record = service("history").image(image_id)
     service("history").check_writable()
-    answer = service("models").answer(image_id, stored_image(record), question, client_gone)
+    answer = service("models").answer(image_id, stored_image(record), question, gave_up)
     entry = {"question": question, "answer": answer, "asked_at": now(), "owner": owner()}
     record = service("history").add_question(image_id, entry)
     return record, answer
@@ -114,9 +99,9 @@ def generate(fields_given) -> tuple[list[tuple[dict, images.Encoded]], dict | No
 
     Returns what was made, with what stopped the rest (None when all were made); raises when none was.
     """
-    description = fields.text(fields_given, "description", max_length=MAX_DESCRIPTION)
+    description = field_checks.text(fields_given, "description", max_length=MAX_DESCRIPTION)
     parameters = generation_parameters(fields_given)
-    count = fields.number(fields_given, "num_images", low=1, high=MAX_IMAGES, default=1)
+    count = field_checks.number(fields_given, "num_images", low=1, high=MAX_IMAGES, default=1)
     storage.check_writable(current_app.config["GENERATED_FOLDER"], "GENERATED_FOLDER")
     made = []
     for index in range(count):
@@ -142,12 +127,12 @@ def generate(fields_given) -> tuple[list[tuple[dict, images.Encoded]], dict | No
 def generation_parameters(given) -> dict:
     """The optional text-to-image parameters that were given, checked."""
     parameters = {
-        "height": fields.number(given, "height", low=256, high=1536, multiple_of=8),
-        "width": fields.number(given, "width", low=256, high=1536, multiple_of=8),
-        "num_inference_steps": fields.number(given, "num_inference_steps", low=1, high=100),
-        "guidance_scale": fields.number(given, "guidance_scale", low=0, high=30, kind=float),
-        "negative_prompt": fields.text(given, "negative_prompt", max_length=MAX_DESCRIPTION, required=False),
-        "seed": fields.number(given, "seed", low=0, high=2**32 - 1),
+        "height": field_checks.number(given, "height", low=256, high=1536, multiple_of=8),
+        "width": field_checks.number(given, "width", low=256, high=1536, multiple_of=8),
+        "num_inference_steps": field_checks.number(given, "num_inference_steps", low=1, high=100),
+        "guidance_scale": field_checks.number(given, "guidance_scale", low=0, high=30, kind=float),
+        "negative_prompt": field_checks.text(given, "negative_prompt", max_length=MAX_DESCRIPTION, required=False),
+        "seed": field_checks.number(given, "seed", low=0, high=2**32 - 1),
     }
     return {name: value for name, value in parameters.items() if value is not None}
 

@@ -7,13 +7,17 @@ that random captions never reach the real history.
 
 import logging
 import os
+import sys
 
-import random_blip
-from app import instance_secret_key
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the app's own modules
+
+import random_blip  # noqa: E402  (beside this script)
+from app import instance_secret_key  # noqa: E402
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = ROOT
     folder = os.environ.get("DEMO_MODELS") or os.path.join(root, "demo-models")
     data = os.environ.get("DEMO_DATA") or os.path.join(folder, "data")
     paths = random_blip.save_random_blip(folder)
