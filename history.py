@@ -128,8 +128,9 @@ class History:
         """The stored files that records point to, malformed records' included (their files are kept too)."""
         data = self._read()
         _, _, malformed = self._cache
-        return {record["filename"] for source in (data, malformed) for kind in KINDS
-                for record in source[kind].values() if isinstance(record, dict) and isinstance(record.get("filename"), str)}
+        records = [record for source in (data, malformed) for kind in KINDS for record in source[kind].values()]
+        return {record["filename"] for record in records
+                if isinstance(record, dict) and isinstance(record.get("filename"), str)}
 
     @staticmethod
     def _find(data: dict, kind: str, key: str) -> dict:

@@ -184,8 +184,8 @@ def under_slow_clients(base: str, port: int) -> dict:
     health, questions = [], []
     for _ in range(5):
         health.append(timed(lambda: requests.get(base + "/healthz", timeout=10).raise_for_status()))
-        questions.append(timed(lambda: session.post(base + "/question", json={"question": "what?", "image_id": image_id},
-                                                    timeout=10).raise_for_status()))
+        asked = {"question": "what?", "image_id": image_id}
+        questions.append(timed(lambda: session.post(base + "/question", json=asked, timeout=10).raise_for_status()))
     stop_event.set()
     for client in clients:
         client.join()

@@ -316,7 +316,8 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
     lines = [
         "## Speed: `make bench`",
         "",
-        f"Written by `make bench` on {time.strftime('%Y-%m-%d')}. Both servers ran one after the other on this machine,",
+        f"Written by `make bench` on {time.strftime('%Y-%m-%d')}. Both servers ran one after the other on this "
+        "machine,",
         "each as gunicorn (gthread, 16 threads) on 127.0.0.1, driven over HTTP by the same client code.",
         "",
         f"- Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gb']} GiB; CPU flags of note: {host['flags']}",

@@ -44,7 +44,8 @@ def echo_pieces(authorization: str) -> bytes:
 def mapping(*providers, status="live", task="text-to-image") -> dict:
     """A model's inferenceProviderMapping as the hub answers it, with the provider ids of the cassettes."""
     ids = {"hf-inference": None, "fal-ai": "fal-ai/flux/dev", "together": "black-forest-labs/FLUX.1-schnell",
-           "replicate": "bytedance/sdxl-lightning-4step:5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637",
+           "replicate": "bytedance/sdxl-lightning-4step:"
+                        "5599ed30703defd1d160a25a63321b4dec97101d98b4674bcc56e41f62f35637",
            "nscale": "stabilityai/stable-diffusion-xl-base-1.0"}
     return {provider: {"status": status, "providerId": ids.get(provider) or "", "task": task} for provider in providers}
 
@@ -118,7 +119,8 @@ class FakeHuggingFace:
         provider = handler.path.split("/")[1]
         if provider == "fal-ai":
             return 200, "application/json", json.dumps({
-                "images": [{"url": f"{self.url}/files/out.png", "width": 16, "height": 16, "content_type": "image/png"}],
+                "images": [{"url": f"{self.url}/files/out.png", "width": 16, "height": 16,
+                            "content_type": "image/png"}],
                 "timings": {"inference": 2.1455326322466135}, "seed": 1421022990, "has_nsfw_concepts": [False],
                 "prompt": "An astronaut riding a horse on the moon."}).encode()
         if provider == "replicate":

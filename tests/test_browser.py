@@ -39,7 +39,8 @@ def serve(make_app, fake_api):
 
     def start(captioner=None, answerer=None, keys=("hf_browserAAAAAAAA1111",)):
         app = make_app(captioner, answerer)
-        app.extensions["hf_client"] = HFClient(list(keys), "test/sd", provider="hf-inference", router_url=fake_api.url, timeout=5)
+        app.extensions["hf_client"] = HFClient(list(keys), "test/sd", provider="hf-inference",
+                                               router_url=fake_api.url, timeout=5)
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)

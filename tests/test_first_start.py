@@ -34,7 +34,8 @@ def test_make_run_without_weights_or_network_answers_at_once_and_says_what_to_do
         while health.status_code != 503 or "models" not in health.json():  # nginx answers before gunicorn does
             health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         models = health.json()["models"]
-        for role, model in (("captioner", "Salesforce/blip-image-captioning-base"), ("answerer", "Salesforce/blip-vqa-base")):
+        for role, model in (("captioner", "Salesforce/blip-image-captioning-base"),
+                            ("answerer", "Salesforce/blip-vqa-base")):
             assert models[role]["ready"] is False
             assert f"hf download {model}" in models[role]["error"] and "make demo" in models[role]["error"]
         log = lines(log_path)

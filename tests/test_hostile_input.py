@@ -127,7 +127,8 @@ def test_odd_questions(client, data_dir, question, status, code):
 
 def test_a_lone_surrogate_in_a_description_never_reaches_the_paid_api(make_app, data_dir, fake_api):
     app = make_app()
-    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], "some/model", provider="hf-inference", router_url=fake_api.url)
+    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], "some/model", provider="hf-inference",
+                                           router_url=fake_api.url)
     response = app.test_client().post("/generate", json={"description": "a cat \udfff"})
     assert response.status_code == 400 and response.get_json()["code"] == "invalid_description"
     assert fake_api.requests == [] and stored_files(data_dir) == []
@@ -139,7 +140,8 @@ def test_json_bodies_that_are_not_objects_of_fields(make_app, body):
     assert response.status_code == 400 and response.get_json()["code"] == "invalid_json"
 
 
-@pytest.mark.parametrize("query", ["limit=٣", "limit=1_0", "offset=１", "limit=%2B", "offset=0x10", "limit=" + "9" * 5000])
+@pytest.mark.parametrize("query", ["limit=٣", "limit=1_0", "offset=１", "limit=%2B", "offset=0x10",
+                                   "limit=" + "9" * 5000])
 def test_paging_takes_only_ascii_digits(make_app, query):
     response = make_app().test_client().get(f"/history?{query}")
     assert response.status_code == 400 and response.get_json()["code"].startswith("invalid_")
@@ -148,7 +150,8 @@ def test_paging_takes_only_ascii_digits(make_app, query):
 @pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "7,5", "٧"])
 def test_decimal_fields_take_only_ascii_numbers(make_app, value, fake_api):
     app = make_app()
-    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], "some/model", provider="hf-inference", router_url=fake_api.url)
+    app.extensions["hf_client"] = HFClient(["hf_hostileAAAAAAAA1111"], "some/model", provider="hf-inference",
+                                           router_url=fake_api.url)
     response = app.test_client().post("/generate", data={"description": "a cat", "guidance_scale": value})
     assert response.status_code == 400 and response.get_json()["code"] == "invalid_guidance_scale"
     assert fake_api.requests == []
@@ -161,7 +164,8 @@ def stored_image(data_dir, body) -> Image.Image:
 def test_a_stored_jpeg_keeps_no_gps_comment_or_profile(make_app, data_dir):
     exif = Image.Exif()
     exif.get_ifd(0x8825)[2] = (52.0, 31.0, 12.0)  # GPSLatitude
-    data = image_bytes("JPEG", color=(200, 30, 30), exif=exif, comment=b"at home, 12 Elm St", icc_profile=srgb_profile())
+    data = image_bytes("JPEG", color=(200, 30, 30), exif=exif, comment=b"at home, 12 Elm St",
+                       icc_profile=srgb_profile())
     body = upload(make_app(captioner=FakeCaptioner(), answerer=FakeAnswerer()).test_client(), data,
                   name="p.jpg").get_json()
     with stored_image(data_dir, body) as stored:

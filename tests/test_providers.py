@@ -258,6 +258,7 @@ def test_a_server_with_hf_hub_offline_still_generates(tmp_path, tiny_blip, fake_
         assert response.json()["provider"] == "fal-ai"
         health = requests.get(base + "/healthz", timeout=10).json()
         assert health["generation"]["providers"] == [{"provider": "fal-ai", "status": "live", "supported": True}]
-        assert "SD_MODEL test/offline is served for text-to-image by fal-ai (live)" in open(tmp_path / "server.log").read()
+        log = open(tmp_path / "server.log").read()
+        assert "SD_MODEL test/offline is served for text-to-image by fal-ai (live)" in log
     finally:
         servers.stop(process)

@@ -1,7 +1,6 @@
 """The real entry points: `python app.py` and `gunicorn app:app`, as processes on 127.0.0.1."""
 
 import io
-import os
 
 import requests
 
@@ -45,7 +44,8 @@ def test_gunicorn_loads_both_models_before_any_request(tmp_path, tiny_blip):
     port = servers.free_port()
     env = {**data_env(tmp_path, port), "CAPTION_MODEL": tiny_blip["caption"], "VQA_MODEL": tiny_blip["vqa"]}
     log_path = str(tmp_path / "gunicorn.log")
-    command = [servers.GUNICORN, "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads", "4", "app:app"]
+    command = [servers.GUNICORN, "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads", "4",
+               "app:app"]
     process = servers.start(command, env, log_path)
     try:
         # No request has been sent yet: the log can only show the models if they load at start.
