@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test bench bench-limits bench-start install install-dev browser nginx
+.PHONY: run demo test bench bench-speed bench-limits bench-start install install-dev browser nginx
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -18,7 +18,10 @@ demo: install
 test: install-dev browser nginx
 	$(BIN)/python -m pytest
 
-bench: install-dev
+# Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start.
+bench: bench-speed bench-limits bench-start
+
+bench-speed: install-dev
 	$(BIN)/python bench/speed.py
 
 bench-limits: install-dev nginx

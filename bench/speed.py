@@ -1,4 +1,4 @@
-"""`make bench`: this app against the plain transformers baseline, both as servers on 127.0.0.1, in one run.
+"""`make bench-speed`: this app against the plain transformers baseline, both as servers on 127.0.0.1, in one run.
 
 Uses the full-size BLIP-base architecture with random weights (same shapes and cost as the real
 checkpoints; built once into bench-models/), or the real weights when CAPTION_MODEL and VQA_MODEL
@@ -314,9 +314,9 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
     table = ["| measure | baseline | this app | ours/baseline | target |", "| --- | ---: | ---: | ---: | --- |"]
     table += [f"| {' | '.join(row)} |" for row in rows]
     lines = [
-        "## Speed: `make bench`",
+        "## Speed: `make bench-speed`",
         "",
-        f"Written by `make bench` on {time.strftime('%Y-%m-%d')}. Both servers ran one after the other on this "
+        f"Written by `make bench-speed` on {time.strftime('%Y-%m-%d')}. Both servers ran one after the other on this "
         "machine,",
         "each as gunicorn (gthread, 16 threads) on 127.0.0.1, driven over HTTP by the same client code.",
         "",
