@@ -157,9 +157,12 @@ def stored_image(record: dict) -> Callable[[], Image.Image]:
                        "upload the image again", code="image_file_missing")
 
     def load() -> Image.Image:
-        with Image.open(path) as image:
-            image.load()
-            return images.to_rgb(image)  # stored files are RGB already: no copy
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return images.to_rgb(image)  # stored files are RGB already: no copy
+        except FileNotFoundError:  # deleted while the request waited for the model
+            raise NotFound(f"image '{record['image_id']}' was deleted: upload it again", code="image_not_found") from None
 
     return load
 
@@ -211,6 +214,38 @@ def generation_view(record: dict) -> dict:
         "image_url": url_for("api.generated_file", name=record["filename"]),
         "created_at": record["created_at"],
     }
+
+
+def delete_image(image_id: str) -> None:
+    """Delete one of the caller's images: its record with every thread about it, its file, its cached context."""
+    with storage.files_locked(current_app.config["UPLOAD_FOLDER"], exclusive=False):
+        record = service("history").delete("images", image_id, owner())
+        forget_files([record])
+
+
+def delete_generation(generation_id: str) -> None:
+    """Delete one of the caller's generations and its file."""
+    with storage.files_locked(current_app.config["UPLOAD_FOLDER"], exclusive=False):
+        forget_files([service("history").delete("generations", generation_id, owner())])
+
+
+def clear_history() -> int:
+    """Delete everything the caller's session made; return how many records went."""
+    with storage.files_locked(current_app.config["UPLOAD_FOLDER"], exclusive=False):
+        records = service("history").clear(owner())
+        forget_files(records)
+    return len(records)
+
+
+def forget_files(records: list[dict]) -> None:
+    """Remove deleted records' files (and an image's cached context); the records are gone already."""
+    config = current_app.config
+    for record in records:
+        if "image_id" in record:
+            storage.remove(os.path.join(config["UPLOAD_FOLDER"], record["filename"]))
+            service("models").forget(record["image_id"])
+        else:
+            storage.remove(os.path.join(config["GENERATED_FOLDER"], record["filename"]))
 
 
 def history_page(limit: int, offset: int) -> dict:

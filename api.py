@@ -94,6 +94,24 @@ def history():
     return jsonify(actions.history_page(limit, offset))
 
 
+@bp.delete("/images/<image_id>")
+def delete_image(image_id):
+    actions.delete_image(image_id)
+    return "", 204
+
+
+@bp.delete("/generations/<generation_id>")
+def delete_generation(generation_id):
+    actions.delete_generation(generation_id)
+    return "", 204
+
+
+@bp.delete("/history")
+def clear_history():
+    actions.clear_history()
+    return "", 204
+
+
 @bp.get("/images/<image_id>")
 def image(image_id):
     return jsonify(actions.image_view(service("history").image(image_id)))

@@ -225,11 +225,12 @@ def register_security(app: Flask) -> None:
         return None
 
     @app.before_request
-    def same_origin_posts_only():
-        # Browsers send Origin with every cross-site POST; curl and scripts send none. The Host it is
-        # compared with is a trusted one (checked above).
+    def same_origin_changes_only():
+        # Browsers send Origin with every cross-site POST or DELETE; curl and scripts send none. The
+        # Host it is compared with is a trusted one (checked above).
         origin = request.headers.get("Origin")
-        if request.method == "POST" and origin is not None and site(origin) != site(request.host_url):
+        changes = request.method not in ("GET", "HEAD", "OPTIONS")
+        if changes and origin is not None and site(origin) != site(request.host_url):
             return error_response(403, "cross_origin",
                                   "this request came from another site: use the page or the API directly")
         return None

@@ -43,6 +43,13 @@ class NotFound(AppError):
     code = "not_found"
 
 
+class NotOwner(AppError):
+    """A change to something another session made."""
+
+    status = 403
+    code = "not_owner"
+
+
 class ModelUnavailable(AppError):
     """A model could not be loaded; the endpoints that need it answer 503."""
 

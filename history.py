@@ -16,7 +16,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-from errors import AppError, NotFound
+from errors import AppError, NotFound, NotOwner
 from storage import check_writable, faults_told
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,27 @@ class History:
     def add_generation(self, record: dict) -> None:
         """Keep a new generation record."""
         self._change(lambda data: data["generations"].__setitem__(record["generation_id"], record))
+
+    def delete(self, kind: str, key: str, owner: str) -> dict:
+        """Remove one record of the owner's and return it; NotFound if there is none, NotOwner if it is not theirs."""
+
+        def remove(data):
+            record = self._find(data, kind, key)
+            if record["owner"] != owner:
+                noun = "image" if kind == "images" else "generation"
+                raise NotOwner(f"this {noun} was made in another session: only that session may delete it")
+            return data[kind].pop(key)
+
+        return self._change(remove)
+
+    def clear(self, owner: str) -> list[dict]:
+        """Remove every record of the owner's (and the threads about their images); return them."""
+
+        def remove(data):
+            return [data[kind].pop(key) for kind in KINDS
+                    for key in [key for key, record in data[kind].items() if record["owner"] == owner]]
+
+        return self._change(remove)
 
     def check_writable(self) -> None:
         """Refuse before any work when a change could not be written (a read-only folder, a full disk)."""

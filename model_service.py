@@ -54,6 +54,12 @@ class ContextCache:
                 _, dropped = self._items.popitem(last=False)
                 self.bytes -= dropped.nbytes
 
+    def drop(self, key: str) -> None:
+        """Forget a context (its image was deleted)."""
+        with self._lock:
+            if key in self._items:
+                self.bytes -= self._items.pop(key).nbytes
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
@@ -100,6 +106,10 @@ class ModelService:
         if not getattr(self.answerer, "ready", True):
             return None
         return self.batcher.submit(self._contexts, ("context",), (image_id, load), background=True)
+
+    def forget(self, image_id: str) -> None:
+        """Drop a deleted image's cached context."""
+        self.cache.drop(image_id)
 
     def status(self) -> dict:
         """The queue and the cache, for /healthz."""
