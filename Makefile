@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test bench bench-speed bench-limits bench-start install install-dev browser nginx
+.PHONY: run demo test axe bench bench-speed bench-limits bench-start install install-dev browser nginx
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -15,7 +15,7 @@ run: install nginx
 demo: install
 	$(BIN)/python demo/serve.py
 
-test: install-dev browser nginx
+test: install-dev browser nginx axe
 	$(BIN)/python -m pytest
 
 # Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start.
@@ -47,6 +47,13 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 # Debian's Chromium for the browser tests (Playwright cannot download its own here).
 browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+# axe-core from npm, which the browser tests run inside the page to check accessibility.
+axe: node_modules/axe-core/axe.min.js
+
+node_modules/axe-core/axe.min.js: package.json
+	npm install --no-audit --no-fund
+	touch $@
 
 # Debian's nginx in front of gunicorn; where apt-get is missing, serve.py runs gunicorn alone and says so.
 nginx:

@@ -36,6 +36,13 @@ async function call(url, options = {}) {
   return body;
 }
 
+// Tells a screen reader a result, once: "Caption: ...", "Answer: ...", "Image ready".
+function announce(text) {
+  const announcer = $("#announcer");
+  announcer.textContent = "";
+  setTimeout(() => { announcer.textContent = text; }, 50);
+}
+
 function postJSON(url, fields) {
   return call(url, { method: "POST", body: JSON.stringify(fields),
                      headers: { Accept: "application/json", "Content-Type": "application/json" } });
@@ -47,13 +54,14 @@ async function busy(form, label, work, { elapsed = false } = {}) {
   const status = $(".busy", form);
   const error = $(".error", form);
   const started = Date.now();
-  const show = () => {
-    status.textContent = elapsed ? `${label} ${Math.floor((Date.now() - started) / 1000)} s` : label;
-  };
+  // The seconds are hidden from screen readers: the busy line is a live region, told once.
+  const seconds = element("span", { ariaHidden: "true" });
+  const show = () => { seconds.textContent = ` ${Math.floor((Date.now() - started) / 1000)} s`; };
   form.dataset.busy = "1";
   form.setAttribute("aria-busy", "true");
   form.querySelectorAll("button").forEach((button) => { button.disabled = true; });
   error.textContent = "";
+  status.replaceChildren(label, ...(elapsed ? [seconds] : []));
   show();
   const timer = elapsed ? setInterval(show, 1000) : null;
   try {
@@ -129,6 +137,7 @@ function setupUpload() {
       const body = await call("/upload", { method: "POST", body: new FormData(form) });
       showImage(body, `data:${body.mime_type};base64,${body.image}`);
       addToGallery("#image-gallery", imageItem(body));
+      announce(`Caption: ${body.caption}`);
       $("#question-input").focus();
     });
   });
@@ -149,9 +158,10 @@ function showImage(record, source) {
 
 function showThread(entries) {
   const thread = $("#thread");
+  const said = (who, text) => [element("span", { className: "visually-hidden", textContent: who }), text];
   thread.replaceChildren(...entries.map((entry) => element("li", {}, [
-    element("p", { className: "question", textContent: entry.question }),
-    element("p", { className: "answer", textContent: entry.answer }),
+    element("p", { className: "question" }, said("You asked: ", entry.question)),
+    element("p", { className: "answer" }, said("Answer: ", entry.answer)),
   ])));
   if (thread.lastElementChild) thread.lastElementChild.scrollIntoView({ block: "nearest" });
 }
@@ -170,6 +180,7 @@ function setupQuestions() {
     busy(form, "Thinking…", async () => {
       const body = await postJSON("/question", fields);
       showThread(body.history);
+      announce(`Answer: ${body.answer}`);
       input.value = "";
     }).then(() => input.focus());
   });
@@ -190,7 +201,11 @@ function setupGenerate() {
       $("#generated-path").textContent = body.path;
       $("#generated").hidden = false;
       addToGallery("#generation-gallery", generationItem(body));
-    }, { elapsed: true });
+      announce("Image ready");
+    }, { elapsed: true }).then(() => {
+      // The button was disabled while it ran, so focus would fall to the page: give it the result.
+      if (!$("#generated").hidden) $("#generated").focus();
+    });
   });
 }
 
@@ -198,7 +213,7 @@ function setupGenerate() {
 
 function imageItem(record) {
   const link = element("a", { href: `/page/images/${encodeURIComponent(record.image_id)}` }, [
-    element("img", { src: record.image_url, alt: record.caption, loading: "lazy" }),
+    element("img", { src: record.image_url, alt: "", loading: "lazy" }),
     element("span", { textContent: record.caption }),
   ]);
   link.dataset.imageId = record.image_id;
@@ -207,7 +222,7 @@ function imageItem(record) {
 
 function generationItem(record) {
   return element("li", {}, [element("a", { href: record.image_url }, [
-    element("img", { src: record.image_url, alt: record.description, loading: "lazy" }),
+    element("img", { src: record.image_url, alt: "", loading: "lazy" }),
     element("span", { textContent: record.description }),
   ])]);
 }
@@ -245,6 +260,8 @@ function setupHistory() {
         const items = kind === "images" ? page.images.map(imageItem) : page.generations.map(generationItem);
         items.forEach((item) => addToGallery(`#${gallery.id}`, item, true));
         const total = kind === "images" ? page.total_images : page.total_generations;
+        // Focus goes to the first new item, not to the page when the link goes away.
+        if (items.length) $("a", items[0]).focus();
         if (offset + items.length >= total) more.remove();
       } catch (failure) {
         more.after(element("p", { className: "error", role: "alert", textContent: failure.message }));

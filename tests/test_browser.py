@@ -107,10 +107,10 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
     second = ask_through_page(page, "what color is it?")
     thread = page.locator("#thread li")
     expect(thread).to_have_count(2)
-    expect(thread.nth(0).locator(".question")).to_have_text("what is in the picture?")
-    expect(thread.nth(0).locator(".answer")).to_have_text(first["answer"])
-    expect(thread.nth(1).locator(".question")).to_have_text("what color is it?")
-    expect(thread.nth(1).locator(".answer")).to_have_text(second["answer"])
+    expect(thread.nth(0).locator(".question")).to_have_text("You asked: " + "what is in the picture?")
+    expect(thread.nth(0).locator(".answer")).to_have_text("Answer: " + first["answer"])
+    expect(thread.nth(1).locator(".question")).to_have_text("You asked: " + "what color is it?")
+    expect(thread.nth(1).locator(".answer")).to_have_text("Answer: " + second["answer"])
     expect(page.locator("#question-input")).to_be_focused()
     shot(page, "02-caption-and-thread")
 
@@ -128,7 +128,7 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
 
     page.reload()
     expect(page.locator("#image-gallery li")).to_have_count(1)
-    expect(page.locator("#generation-gallery li img")).to_have_attribute("alt", "a lighthouse at dusk")
+    expect(page.locator("#generation-gallery li span")).to_have_text("a lighthouse at dusk")
     expect(page.locator("#image-panel")).to_be_hidden()
     page.click("#image-gallery a")
     expect(page.locator("#current-caption")).to_have_text(caption)
@@ -213,11 +213,11 @@ def test_markup_in_captions_and_questions_is_shown_as_text(page, serve, tmp_path
     upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
     expect(page.locator("#current-caption")).to_have_text(MarkupCaptioner().caption_batch([None])[0])
     ask_through_page(page, "<script>window.pwned = 3</script>?")
-    expect(page.locator("#thread .question")).to_have_text("<script>window.pwned = 3</script>?")
+    expect(page.locator("#thread .question")).to_have_text("You asked: " + "<script>window.pwned = 3</script>?")
     page.reload()
     expect(page.locator("#image-gallery span")).to_have_text(MarkupCaptioner().caption_batch([None])[0])
     page.click("#image-gallery a")
-    expect(page.locator("#thread .question")).to_have_text("<script>window.pwned = 3</script>?")
+    expect(page.locator("#thread .question")).to_have_text("You asked: " + "<script>window.pwned = 3</script>?")
     assert page.evaluate("window.pwned") is None
     assert page.locator("#image-gallery img[src=x]").count() == 0
 
@@ -255,6 +255,13 @@ def test_keyboard_only(page, serve, tmp_path):
     with page.expect_response("**/generate"):
         page.keyboard.press("Enter")
     expect(page.locator("#generated-image")).to_be_visible()
+    expect(page.locator("#generated")).to_be_focused()  # not lost to the page while the button was disabled
+    while not page.evaluate("document.activeElement.matches('#image-gallery a')"):
+        page.keyboard.press("Tab")
+    with page.expect_response("**/images/*"):
+        page.keyboard.press("Enter")  # reopen from the history
+    expect(page.locator("#question-input")).to_be_focused()
+    expect(page.locator("#thread li")).to_have_count(1)
     assert page.problems == []
 
 
@@ -278,9 +285,115 @@ def test_without_javascript_upload_and_question_still_work(browser, serve, tmp_p
     expect(page.locator("#current-caption")).to_have_text("a fake caption")
     page.fill("#question-input", "plain question?")
     page.click("#question-form button")
-    expect(page.locator("#thread .question")).to_have_text("plain question?")
-    expect(page.locator("#thread .answer")).to_have_text("a fake answer")
+    expect(page.locator("#thread .question")).to_have_text("You asked: " + "plain question?")
+    expect(page.locator("#thread .answer")).to_have_text("Answer: " + "a fake answer")
     shot(page, "08-no-javascript")
     page.goto(page.url.split("/page/")[0] + "/")
     expect(page.locator("#image-gallery li")).to_have_count(1)
     context.close()
+
+
+# Accessibility: axe-core (from npm, `make test` installs it) run inside the page, in every main state.
+
+AXE = os.path.join(os.path.dirname(ARTIFACTS), "node_modules", "axe-core", "axe.min.js")
+
+
+def axe_violations(page) -> list[dict]:
+    """axe-core's violations of any impact on the page as it is now."""
+    if not os.path.exists(AXE):
+        if os.environ.get("CI") == "true":
+            raise RuntimeError("axe-core is missing: `make test` installs it with npm")
+        pytest.skip("axe-core is not installed (make test installs it with npm)")
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(path=AXE)
+    return page.evaluate("""async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
+        .map((v) => ({id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" "))}))""")
+
+
+@pytest.fixture(params=[(1280, 800), (390, 844)], ids=["desktop", "phone"])
+def audited(browser, request):
+    """A page whose CSP lets axe-core in (the app's own CSP rightly refuses injected scripts)."""
+    width, height = request.param
+    context = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True,
+                                  is_mobile=width < 500)
+    page = context.new_page()
+    page.size_name = "phone" if width < 500 else "desktop"
+    yield page
+    context.close()
+
+
+def test_axe_finds_no_violations_in_any_state(audited, serve, tiny_models, tmp_path):
+    page = audited
+    page.goto(serve(*tiny_models) + "/")
+    found = {"empty": axe_violations(page)}
+    for index in range(2):
+        upload_through_page(page, files(tmp_path / f"p{index}.png", image_bytes(color=(40 * index, 90, 160))))
+    page.fill("#description-input", "a lighthouse at dusk")
+    with page.expect_response("**/generate"):
+        page.click("#generate-form button")
+    expect(page.locator("#generated-image")).to_be_visible()
+    found["with images"] = axe_violations(page)
+    for index in range(14):
+        ask_through_page(page, f"question number {index}, long enough to wrap on a phone screen?")
+    assert page.evaluate("(() => { const t = document.querySelector('#thread'); "
+                         "return t.scrollHeight > t.clientHeight; })()")
+    found["thread overflowing"] = axe_violations(page)
+    upload_through_page(page, files(tmp_path / "not.png", b"not an image at all"))  # the server says why
+    page.fill("#question-input", " ")
+    page.click("#question-form button")
+    expect(page.locator("#upload-form .error")).not_to_be_empty()
+    found["errors"] = axe_violations(page)
+    page.reload()
+    found["history after reload"] = axe_violations(page)
+    shot(page, f"08-audited-{page.size_name}")
+    assert {state: violations for state, violations in found.items() if violations} == {}
+
+
+def test_results_are_announced_once_each(page, serve, tiny_models, tmp_path):
+    page.goto(serve(*tiny_models) + "/")
+    response = upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
+    expect(page.locator("#announcer")).to_have_text(f"Caption: {response.json()['caption']}")
+    answer = ask_through_page(page, "what is it?")
+    expect(page.locator("#announcer")).to_have_text(f"Answer: {answer['answer']}")
+    page.fill("#description-input", "a boat")
+    with page.expect_response("**/generate"):
+        page.click("#generate-form button")
+    expect(page.locator("#announcer")).to_have_text("Image ready")
+    assert page.locator("#thread .question .visually-hidden").first.text_content() == "You asked: "
+    assert page.locator("#thread .answer .visually-hidden").first.text_content() == "Answer: "
+
+
+def test_the_generation_clock_is_not_read_out_every_second(page, serve):
+    page.goto(serve() + "/")
+    page.route("**/generate", lambda route: None)  # held: the clock keeps running
+    page.fill("#description-input", "a boat")
+    page.click("#generate-form button")
+    busy = page.locator("#generate-form .busy")
+    expect(busy).to_contain_text("Generating")
+    assert busy.locator("[aria-hidden=true]").count() == 1  # the seconds, hidden from the live region
+
+
+def test_load_more_keeps_the_focus_on_the_new_items(page, serve, tmp_path):
+    base = serve()
+    page.goto(base + "/")
+    for index in range(14):
+        upload_through_page(page, files(tmp_path / f"m{index}.png", image_bytes(color=(index * 15, 0, 0))))
+    page.reload()
+    page.focus("a.more[data-kind=images]")
+    with page.expect_response("**/history*"):
+        page.keyboard.press("Enter")
+    expect(page.locator("#image-gallery li")).to_have_count(14)
+    assert page.evaluate("document.activeElement.closest('#image-gallery li') === "
+                         "document.querySelectorAll('#image-gallery li')[12]")
+
+
+def test_phone_tap_targets_are_44_px(browser, serve, tmp_path):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    page.goto(serve() + "/")
+    small = page.evaluate("""() => [...document.querySelectorAll('button, summary, header h1 a')]
+        .filter((e) => e.offsetParent !== null)
+        .map((e) => [e.textContent.trim(), e.getBoundingClientRect().height])
+        .filter(([, height]) => height < 44)""")
+    context.close()
+    assert small == []
