@@ -5,6 +5,38 @@ const MAX_BYTES = 16 * 1024 * 1024;
 const IMAGE_TYPES = ["image/png", "image/jpeg"];
 const IMAGE_NAME = /\.(png|jpe?g)$/i;
 const GALLERY_PAGE = 12;
+const MAX_QUESTION = 500;
+
+// What the page says for each error the API names: words for a person, not for a script.
+const MESSAGES = {
+  missing_image: "Choose an image first.",
+  too_many_files: "Choose one image at a time.",
+  empty_file: "That file is empty. Choose the image again.",
+  not_an_image: "That file is not a PNG or JPEG image we can read. Choose another one.",
+  unsupported_file_type: "Only PNG and JPEG images can be captioned. Choose another file.",
+  file_too_large: "That image is larger than 16 MB. Choose a smaller one.",
+  image_too_large: "That image has too many pixels. Choose a smaller one.",
+  prompt_too_long: "The start of the caption is too long. Shorten it to a few words.",
+  missing_question: "Type a question first.",
+  question_too_long: "Questions can be at most 500 characters long. Shorten yours.",
+  missing_description: "Describe the image you want first.",
+  description_too_long: "The description can be at most 1,000 characters long. Shorten it.",
+  image_not_found: "That image is no longer here. Upload it again.",
+  image_file_missing: "That image's file is gone. Upload it again.",
+  generation_not_found: "That image is no longer here.",
+  model_unavailable: "This part of the assistant is not available on this server right now.",
+  model_busy: "The assistant is busy with other requests. Try again in a moment.",
+  model_timeout: "The assistant took too long. Try again in a moment.",
+  no_api_key: "Drawing images is not set up on this server yet.",
+  all_keys_disabled: "Drawing images is not set up on this server right now.",
+  all_keys_busy: "Drawing is busy right now. Try again in a little while.",
+  model_not_served: "Drawing is not available right now: the server's drawing model is not offered by any provider.",
+  generation_rejected: "The drawing service did not accept these settings. Change them and try again.",
+  insufficient_storage: "The server's disk is full, so nothing was saved. Try again later.",
+  storage_read_only: "The server cannot save anything right now. Try again later.",
+  cross_origin: "This request did not come from this page. Reload the page and try again.",
+  not_owner: "Only the browser that made it can delete it.",
+};
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -14,13 +46,13 @@ function element(tag, properties = {}, children = []) {
   return node;
 }
 
-// Every answer is JSON; an error carries {"error", "code"} and its message is shown as it is.
+// Every answer is JSON; an error carries {"error", "code"}, and the page says it in a person's words.
 async function call(url, options = {}) {
   let response;
   try {
     response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" }, ...options });
   } catch (failure) {
-    throw new Error("the server could not be reached: check that it is running and try again");
+    throw new Error("The server could not be reached. Check your connection and try again.");
   }
   let body = null;
   try {
@@ -30,8 +62,10 @@ async function call(url, options = {}) {
   }
   if (!response.ok) {
     const retry = response.headers.get("Retry-After");
-    const message = (body && body.error) || `the server answered ${response.status}`;
-    throw new Error(retry && !/\d+ s/.test(message) ? `${message} (retry in ${retry} s)` : message);
+    const message = MESSAGES[body && body.code] || (response.status >= 500
+      ? "Something went wrong on the server. Try again in a moment."
+      : "That did not work. Check what you entered and try again.");
+    throw new Error(retry ? `${message} (You can try again in ${retry} s.)` : message);
   }
   return body;
 }
@@ -88,11 +122,11 @@ function fieldsOf(form) {
 // Upload: choose or drop a file, check it, preview it, caption it.
 
 function checkFile(file) {
-  if (!file) return "choose a PNG or JPEG image first";
+  if (!file) return "Choose a PNG or JPEG image first.";
   if (!IMAGE_TYPES.includes(file.type) && !IMAGE_NAME.test(file.name)) {
-    return `"${file.name}" is not a PNG or JPEG image: choose a .png, .jpg or .jpeg file`;
+    return `"${file.name}" is not a PNG or JPEG image. Choose a .png, .jpg or .jpeg file.`;
   }
-  if (file.size > MAX_BYTES) return `"${file.name}" is larger than 16 MB: choose a smaller image`;
+  if (file.size > MAX_BYTES) return `"${file.name}" is larger than 16 MB. Choose a smaller image.`;
   return "";
 }
 
@@ -110,9 +144,17 @@ function setupUpload() {
     preview.hidden = true;
     if (!file || problem) return;
     const reader = new FileReader();
-    reader.addEventListener("load", () => { preview.src = reader.result; preview.hidden = false; });
+    reader.addEventListener("load", () => { preview.src = reader.result; });
     reader.readAsDataURL(file);
   });
+  // A file named .png that is no image: said at once, instead of a broken preview.
+  preview.addEventListener("load", () => { preview.hidden = false; });
+  preview.addEventListener("error", () => {
+    if (!input.files[0]) return;
+    preview.hidden = true;
+    error.textContent = `"${input.files[0].name}" is not an image we can read. Choose a PNG or JPEG image.`;
+  });
+  form.addEventListener("input", (event) => { if (event.target !== input) error.textContent = ""; });
 
   document.addEventListener("dragover", (event) => { event.preventDefault(); document.body.classList.add("dropping"); });
   document.addEventListener("dragleave", () => document.body.classList.remove("dropping"));
@@ -138,6 +180,9 @@ function setupUpload() {
       showImage(body, `data:${body.mime_type};base64,${body.image}`);
       addToGallery("#image-gallery", imageItem(body));
       announce(`Caption: ${body.caption}`);
+      form.reset();  // so that pressing Upload again does not store the same image twice
+      preview.hidden = true;
+      preview.removeAttribute("src");
       $("#question-input").focus();
     });
   });
@@ -154,6 +199,8 @@ function showImage(record, source) {
   $(".error", $("#question-form")).textContent = "";
   showThread(record.questions || []);
   panel.hidden = false;
+  // The open image is in the address, so that a reload (or a bookmark) reopens it.
+  history.replaceState(null, "", `#image=${encodeURIComponent(record.image_id)}`);
 }
 
 function showThread(entries) {
@@ -170,11 +217,27 @@ function setupQuestions() {
   const form = $("#question-form");
   if (!form) return;
   const input = $("#question-input");
+  const count = $("#question-count");
+  const error = $(".error", form);
+  const counted = () => {
+    const length = input.value.length;
+    count.textContent = `${length} of ${MAX_QUESTION} characters`;
+    count.classList.toggle("over", length > MAX_QUESTION);
+  };
+  input.addEventListener("input", () => {
+    counted();
+    error.textContent = input.value.length > MAX_QUESTION
+      ? `Questions can be at most ${MAX_QUESTION} characters long; yours has ${input.value.length}. Shorten it.` : "";
+  });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const fields = fieldsOf(form);
     if (!fields.question) {
-      $(".error", form).textContent = "type a question first";
+      error.textContent = "Type a question first.";
+      return;
+    }
+    if (fields.question.length > MAX_QUESTION) {
+      error.textContent = `Questions can be at most ${MAX_QUESTION} characters long; yours has ${fields.question.length}. Shorten it.`;
       return;
     }
     busy(form, "Thinking…", async () => {
@@ -182,6 +245,7 @@ function setupQuestions() {
       showThread(body.history);
       announce(`Answer: ${body.answer}`);
       input.value = "";
+      counted();
     }).then(() => input.focus());
   });
 }
@@ -191,6 +255,7 @@ function setupQuestions() {
 function setupGenerate() {
   const form = $("#generate-form");
   if (!form) return;
+  form.addEventListener("input", () => { $(".error", form).textContent = ""; });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     busy(form, "Generating…", async () => {
@@ -198,7 +263,6 @@ function setupGenerate() {
       $("#generated-image").src = `data:${body.mime_type};base64,${body.image}`;
       $("#generated-image").alt = body.description;
       $("#generated-download").href = body.image_url;
-      $("#generated-path").textContent = body.path;
       $("#generated").hidden = false;
       addToGallery("#generation-gallery", generationItem(body));
       announce("Image ready");
@@ -211,20 +275,90 @@ function setupGenerate() {
 
 // History: the galleries, reopening an image, loading more.
 
+// When an item was made, as the server renders it: "2026-11-25 10:00 UTC".
+function made(record) {
+  return element("time", { dateTime: record.created_at,
+                           textContent: `${record.created_at.slice(0, 16).replace("T", " ")} UTC` });
+}
+
 function imageItem(record) {
   const link = element("a", { href: `/page/images/${encodeURIComponent(record.image_id)}` }, [
     element("img", { src: record.image_url, alt: "", loading: "lazy" }),
     element("span", { textContent: record.caption }),
   ]);
   link.dataset.imageId = record.image_id;
-  return element("li", {}, [link]);
+  return element("li", {}, [link, element("small", {}, [`${record.original_name || "pasted image"} · `, made(record)])]);
 }
 
 function generationItem(record) {
+  const remove = element("button", { type: "button", className: "quiet delete-generation" },
+                         ["Delete", element("span", { className: "visually-hidden", textContent: ` ${record.description}` })]);
+  remove.dataset.generationId = record.generation_id;
   return element("li", {}, [element("a", { href: record.image_url }, [
     element("img", { src: record.image_url, alt: "", loading: "lazy" }),
     element("span", { textContent: record.description }),
-  ])]);
+  ]), element("small", {}, [made(record)]), remove]);
+}
+
+// Deleting, always after a confirmation: an image (from its panel), a generation, the whole history.
+
+function emptyGallery(gallery, kind) {
+  if (!gallery.querySelector("li")) gallery.append(element("li", { className: "empty", textContent: `No ${kind} yet.` }));
+}
+
+function setupDeleting() {
+  const error = $(".gallery-error");
+  if (!error) return;
+  document.querySelectorAll("[data-script-only]").forEach((button) => { button.hidden = false; });
+  const removeImage = $("#delete-image");
+  removeImage.addEventListener("click", async () => {
+    const imageId = $("#question-image-id").value;
+    if (!imageId || !confirm("Delete this image, its caption and its questions? This cannot be undone.")) return;
+    try {
+      await call(`/images/${encodeURIComponent(imageId)}`, { method: "DELETE" });
+      const link = $(`#image-gallery a[data-image-id="${CSS.escape(imageId)}"]`);
+      if (link) link.closest("li").remove();
+      emptyGallery($("#image-gallery"), "images");
+      $("#image-panel").hidden = true;
+      history.replaceState(null, "", location.pathname + location.search);
+      announce("Image deleted");
+      $("#upload-form button").focus();
+    } catch (failure) {
+      $(".error", $("#question-form")).textContent = failure.message;
+    }
+  });
+  $("#generation-gallery").addEventListener("click", async (event) => {
+    const button = event.target.closest("button.delete-generation");
+    if (!button || !confirm("Delete this generated image? This cannot be undone.")) return;
+    try {
+      await call(`/generations/${encodeURIComponent(button.dataset.generationId)}`, { method: "DELETE" });
+      button.closest("li").remove();
+      emptyGallery($("#generation-gallery"), "generations");
+      announce("Generated image deleted");
+      error.textContent = "";
+      $("#history-heading").focus();
+    } catch (failure) {
+      error.textContent = failure.message;
+    }
+  });
+  $("#clear-history").addEventListener("click", async () => {
+    if (!confirm("Delete every image and generation of yours, with their files? This cannot be undone.")) return;
+    try {
+      await call("/history", { method: "DELETE" });
+      for (const [selector, kind] of [["#image-gallery", "images"], ["#generation-gallery", "generations"]]) {
+        $(selector).replaceChildren();
+        emptyGallery($(selector), kind);
+      }
+      document.querySelectorAll("a.more").forEach((more) => more.remove());
+      $("#image-panel").hidden = true;
+      history.replaceState(null, "", location.pathname + location.search);
+      announce("History cleared");
+      error.textContent = "";
+      $("#history-heading").focus();
+    } catch (failure) {
+      error.textContent = failure.message;
+    }
+  });
 }
 
 function addToGallery(selector, item, atEnd = false) {
@@ -234,21 +368,29 @@ function addToGallery(selector, item, atEnd = false) {
   if (atEnd) gallery.append(item); else gallery.prepend(item);
 }
 
+async function reopen(imageId) {
+  showImage(await call(`/images/${encodeURIComponent(imageId)}`));
+  $("#image-panel").scrollIntoView({ block: "start" });
+  $("#question-input").focus({ preventScroll: true });
+}
+
 function setupHistory() {
   const images = $("#image-gallery");
   if (!images) return;
+  const error = $(".gallery-error");  // one current message for the history, not one more per failure
   images.addEventListener("click", async (event) => {
     const link = event.target.closest("a[data-image-id]");
     if (!link) return;
     event.preventDefault();
     try {
-      showImage(await call(`/images/${encodeURIComponent(link.dataset.imageId)}`));
-      $("#image-panel").scrollIntoView();
-      $("#question-input").focus();
+      await reopen(link.dataset.imageId);
+      error.textContent = "";
     } catch (failure) {
-      link.after(element("p", { className: "error", role: "alert", textContent: failure.message }));
+      error.textContent = failure.message;
     }
   });
+  const opened = /^#image=([\w-]+)$/.exec(location.hash);
+  if (opened) reopen(opened[1]).catch((failure) => { error.textContent = failure.message; });
   document.querySelectorAll("a.more").forEach((more) => {
     more.addEventListener("click", async (event) => {
       event.preventDefault();
@@ -263,8 +405,9 @@ function setupHistory() {
         // Focus goes to the first new item, not to the page when the link goes away.
         if (items.length) $("a", items[0]).focus();
         if (offset + items.length >= total) more.remove();
+        error.textContent = "";
       } catch (failure) {
-        more.after(element("p", { className: "error", role: "alert", textContent: failure.message }));
+        error.textContent = failure.message;
       }
     });
   });
@@ -275,4 +418,5 @@ document.addEventListener("DOMContentLoaded", () => {
   setupQuestions();
   setupGenerate();
   setupHistory();
+  setupDeleting();
 });
