@@ -204,7 +204,7 @@ def test_history_paging_errors(make_app, query):
         ("get", "/images/unknown", 404, "image_not_found"),
         ("get", "/nowhere", 404, "not_found"),
         ("get", "/upload", 405, "method_not_allowed"),
-        ("delete", "/history", 405, "method_not_allowed"),
+        ("put", "/history", 405, "method_not_allowed"),
         ("get", "/uploads/../history.json", 404, "not_found"),
         ("get", "/uploads/%2e%2e%2fhistory.json", 404, "not_found"),
         ("get", "/uploads/nothing.png", 404, "file_not_found"),

@@ -424,14 +424,15 @@ def test_a_text_file_named_png_is_called_out_at_once(page, serve, tmp_path):
 def test_after_an_upload_the_form_is_ready_for_the_next(page, serve, tmp_path):
     page.goto(serve() + "/")
     upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
-    assert page.evaluate("document.querySelector('#image-input').files.length") == 0
+    expect(page.locator("#current-caption")).not_to_be_empty()  # the answer has been handled
+    page.wait_for_function("document.querySelector('#image-input').files.length === 0", timeout=5000)
     expect(page.locator("#preview")).to_be_hidden()
 
 
 def test_the_open_image_survives_a_reload_and_items_say_what_and_when(page, serve, tmp_path):
     page.goto(serve() + "/")
     body = upload_through_page(page, files(tmp_path / "holiday.png", image_bytes())).json()
-    assert page.evaluate("location.hash") == f"#image={body['image_id']}"
+    page.wait_for_function(f"location.hash === '#image={body['image_id']}'", timeout=5000)
     ask_through_page(page, "still here?")
     page.reload()
     expect(page.locator("#image-panel")).to_be_visible()
