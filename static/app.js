@@ -93,7 +93,7 @@ async function busy(form, label, work, { elapsed = false } = {}) {
   const show = () => { seconds.textContent = ` ${Math.floor((Date.now() - started) / 1000)} s`; };
   form.dataset.busy = "1";
   form.setAttribute("aria-busy", "true");
-  form.querySelectorAll("button").forEach((button) => { button.disabled = true; });
+  form.querySelectorAll("button[type=submit]").forEach((button) => { button.disabled = true; });
   error.textContent = "";
   status.replaceChildren(label, ...(elapsed ? [seconds] : []));
   show();
@@ -107,7 +107,7 @@ async function busy(form, label, work, { elapsed = false } = {}) {
     status.textContent = "";
     delete form.dataset.busy;
     form.removeAttribute("aria-busy");
-    form.querySelectorAll("button").forEach((button) => { button.disabled = false; });
+    form.querySelectorAll("button[type=submit]").forEach((button) => { button.disabled = false; });
   }
 }
 
@@ -168,19 +168,40 @@ function setupUpload() {
     input.dispatchEvent(new Event("change"));
   });
 
+  // A pasted image is taken as if it had been chosen.
+  document.addEventListener("paste", (event) => {
+    const pasted = [...(event.clipboardData ? event.clipboardData.files : [])].filter((file) => IMAGE_TYPES.includes(file.type));
+    if (!pasted.length || input.disabled) return;
+    event.preventDefault();
+    const files = new DataTransfer();
+    pasted.forEach((file) => files.items.add(file));
+    input.files = files.files;
+    input.dispatchEvent(new Event("change"));
+    announce(pasted.length === 1 ? "Image pasted" : `${pasted.length} images pasted`);
+  });
+
+  // Several files are sent one after the other, each captioned; the gallery fills as each finishes.
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    const problem = checkFile(input.files[0]);
+    const chosen = [...input.files];
+    const problem = chosen.length ? chosen.map(checkFile).find(Boolean) : checkFile(undefined);
     if (problem) {
       error.textContent = problem;
       return;
     }
-    busy(form, "Uploading and captioning…", async () => {
-      const body = await call("/upload", { method: "POST", body: new FormData(form) });
-      showImage(body, `data:${body.mime_type};base64,${body.image}`);
-      addToGallery("#image-gallery", imageItem(body));
-      announce(`Caption: ${body.caption}`);
-      form.reset();  // so that pressing Upload again does not store the same image twice
+    const prompt = $("#prompt-input").value;
+    busy(form, chosen.length > 1 ? `Uploading and captioning ${chosen.length} images…` : "Uploading and captioning…", async () => {
+      for (const file of chosen) {
+        const fields = new FormData();
+        fields.append("csrf_token", $("input[name=csrf_token]", form).value);
+        fields.append("image", file, file.name || "pasted.png");
+        if (prompt.trim()) fields.append("prompt", prompt);
+        const body = await call("/upload", { method: "POST", body: fields });
+        showImage(body, `data:${body.mime_type};base64,${body.image}`);
+        addToGallery("#image-gallery", imageItem(body));
+        announce(`Caption: ${body.caption}`);
+      }
+      form.reset();  // so that pressing Upload again does not store the same images twice
       preview.hidden = true;
       preview.removeAttribute("src");
       $("#question-input").focus();
@@ -209,6 +230,7 @@ function showThread(entries) {
   thread.replaceChildren(...entries.map((entry) => element("li", {}, [
     element("p", { className: "question" }, said("You asked: ", entry.question)),
     element("p", { className: "answer" }, said("Answer: ", entry.answer)),
+    copyButton("Copy answer", entry.answer),
   ])));
   if (thread.lastElementChild) thread.lastElementChild.scrollIntoView({ block: "nearest" });
 }
@@ -252,14 +274,43 @@ function setupQuestions() {
 
 // Generation: the description and its options, a running clock, the result with its path.
 
+const SETTINGS = ["width", "height", "num_inference_steps", "negative_prompt", "guidance_scale", "seed"];
+
 function setupGenerate() {
   const form = $("#generate-form");
   if (!form) return;
   form.addEventListener("input", () => { $(".error", form).textContent = ""; });
+  // The last settings used are remembered in this browser, and stay in the form after each image.
+  const remembered = JSON.parse(localStorage.getItem("generation-settings") || "{}");
+  for (const name of SETTINGS) {
+    if (remembered[name] !== undefined) form.elements[name].value = remembered[name];
+  }
+  // Ctrl+Enter (or Cmd+Enter) in the description sends it.
+  $("#description-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  const cancel = $("#cancel-generate");
+  let running = null;
+  cancel.addEventListener("click", () => { if (running) running.abort(); });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    const fields = fieldsOf(form);
+    localStorage.setItem("generation-settings",
+                         JSON.stringify(Object.fromEntries(SETTINGS.map((name) => [name, form.elements[name].value]))));
+    running = new AbortController();
+    cancel.hidden = false;
     busy(form, "Generating…", async () => {
-      const body = await postJSON("/generate", fieldsOf(form));
+      let body;
+      try {
+        body = await call("/generate", { method: "POST", body: JSON.stringify(fields), signal: running.signal,
+                                         headers: { Accept: "application/json", "Content-Type": "application/json" } });
+      } catch (failure) {
+        if (running.signal.aborted) throw new Error("Cancelled. (If the server had already started, the image may still appear in your history.)");
+        throw failure;
+      }
       $("#generated-image").src = `data:${body.mime_type};base64,${body.image}`;
       $("#generated-image").alt = body.description;
       $("#generated-download").href = body.image_url;
@@ -267,6 +318,8 @@ function setupGenerate() {
       addToGallery("#generation-gallery", generationItem(body));
       announce("Image ready");
     }, { elapsed: true }).then(() => {
+      cancel.hidden = true;
+      running = null;
       // The button was disabled while it ran, so focus would fall to the page: give it the result.
       if (!$("#generated").hidden) $("#generated").focus();
     });
@@ -287,17 +340,65 @@ function imageItem(record) {
     element("span", { textContent: record.caption }),
   ]);
   link.dataset.imageId = record.image_id;
-  return element("li", {}, [link, element("small", {}, [`${record.original_name || "pasted image"} · `, made(record)])]);
+  return element("li", {}, [link, download(record.image_url, record.caption),
+                            element("small", {}, [`${record.original_name || "pasted image"} · `, made(record)])]);
 }
 
 function generationItem(record) {
-  const remove = element("button", { type: "button", className: "quiet delete-generation" },
+  const remove = element("button", { type: "button", className: "quiet danger delete-generation" },
                          ["Delete", element("span", { className: "visually-hidden", textContent: ` ${record.description}` })]);
   remove.dataset.generationId = record.generation_id;
-  return element("li", {}, [element("a", { href: record.image_url }, [
+  const link = element("a", { href: record.image_url }, [
     element("img", { src: record.image_url, alt: "", loading: "lazy" }),
     element("span", { textContent: record.description }),
-  ]), element("small", {}, [made(record)]), remove]);
+  ]);
+  link.dataset.lightbox = record.description;
+  return element("li", {}, [link, download(record.image_url, record.description), element("small", {}, [made(record)]),
+                            remove]);
+}
+
+function download(url, name) {
+  return element("a", { className: "download", href: url, download: "" },
+                 ["Download", element("span", { className: "visually-hidden", textContent: ` ${name}` })]);
+}
+
+// Copying a caption or an answer, viewing an image large.
+
+function copyButton(label, text) {
+  const button = element("button", { type: "button", className: "quiet copy", textContent: label });
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      announce("Copied");
+    } catch (failure) {
+      announce("Copying is not allowed here: select the text instead");
+    }
+  });
+  return button;
+}
+
+function setupViewing() {
+  const box = $("#lightbox");
+  const caption = $("#copy-caption");
+  if (caption) {
+    caption.addEventListener("click", () => copyButton("", $("#current-caption").textContent).click());
+  }
+  if (!box) return;
+  const open = (source, description) => {
+    $("img", box).src = source;
+    $("img", box).alt = description;
+    box.showModal();
+  };
+  for (const selector of ["#current-image", "#generated-image"]) {
+    $(selector).addEventListener("click", () => open($(selector).src, $(selector).alt));
+  }
+  // A generation opens here, in the app, not as a bare PNG.
+  $("#generation-gallery").addEventListener("click", (event) => {
+    const link = event.target.closest("a[data-lightbox]");
+    if (!link) return;
+    event.preventDefault();
+    open(link.href, link.dataset.lightbox);
+  });
 }
 
 // Deleting, always after a confirmation: an image (from its panel), a generation, the whole history.
@@ -309,7 +410,6 @@ function emptyGallery(gallery, kind) {
 function setupDeleting() {
   const error = $(".gallery-error");
   if (!error) return;
-  document.querySelectorAll("[data-script-only]").forEach((button) => { button.hidden = false; });
   const removeImage = $("#delete-image");
   removeImage.addEventListener("click", async () => {
     const imageId = $("#question-image-id").value;
@@ -419,4 +519,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setupGenerate();
   setupHistory();
   setupDeleting();
+  setupViewing();
+  document.querySelectorAll("[data-script-only]").forEach((button) => { button.hidden = false; });
 });

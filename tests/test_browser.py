@@ -1,5 +1,6 @@
 """The page in a real browser: Playwright driving Debian's Chromium against the app on 127.0.0.1."""
 
+import base64
 import os
 import shutil
 import threading
@@ -128,9 +129,9 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
 
     page.reload()
     expect(page.locator("#image-gallery li")).to_have_count(1)
-    expect(page.locator("#generation-gallery li a span")).to_have_text("a lighthouse at dusk")
+    expect(page.locator("#generation-gallery li a[data-lightbox] span")).to_have_text("a lighthouse at dusk")
     expect(page.locator("#image-panel")).to_be_visible()  # the address keeps the open image
-    page.click("#image-gallery a")
+    page.click("#image-gallery a[data-image-id]")
     expect(page.locator("#current-caption")).to_have_text(caption)
     expect(page.locator("#thread li")).to_have_count(2)
     shot(page, "04-history-reopened")
@@ -214,8 +215,8 @@ def test_markup_in_captions_and_questions_is_shown_as_text(page, serve, tmp_path
     ask_through_page(page, "<script>window.pwned = 3</script>?")
     expect(page.locator("#thread .question")).to_have_text("You asked: " + "<script>window.pwned = 3</script>?")
     page.reload()
-    expect(page.locator("#image-gallery span")).to_have_text(MarkupCaptioner().caption_batch([None])[0])
-    page.click("#image-gallery a")
+    expect(page.locator("#image-gallery a[data-image-id] span")).to_have_text(MarkupCaptioner().caption_batch([None])[0])
+    page.click("#image-gallery a[data-image-id]")
     expect(page.locator("#thread .question")).to_have_text("You asked: " + "<script>window.pwned = 3</script>?")
     assert page.evaluate("window.pwned") is None
     assert page.locator("#image-gallery img[src=x]").count() == 0
@@ -255,7 +256,7 @@ def test_keyboard_only(page, serve, tmp_path):
         page.keyboard.press("Enter")
     expect(page.locator("#generated-image")).to_be_visible()
     expect(page.locator("#generated")).to_be_focused()  # not lost to the page while the button was disabled
-    while not page.evaluate("document.activeElement.matches('#image-gallery a')"):
+    while not page.evaluate("document.activeElement.matches('#image-gallery a[data-image-id]')"):
         page.keyboard.press("Tab")
     with page.expect_response("**/images/*"):
         page.keyboard.press("Enter")  # reopen from the history
@@ -447,11 +448,11 @@ def test_history_errors_do_not_pile_up(page, serve, tmp_path):
     upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
     page.route("**/images/*", lambda route: route.abort())
     for _ in range(3):
-        page.click("#image-gallery a")
+        page.click("#image-gallery a[data-image-id]")
         expect(page.locator(".gallery-error")).to_contain_text("could not be reached")
     assert page.locator("#history .error").count() == 1
     page.unroute("**/images/*")
-    page.click("#image-gallery a")
+    page.click("#image-gallery a[data-image-id]")
     expect(page.locator(".gallery-error")).to_be_empty()
 
 
@@ -460,7 +461,7 @@ def test_deleting_from_the_page_asks_first(page, serve, tmp_path, data_dir):
     body = upload_through_page(page, files(tmp_path / "a.png", image_bytes())).json()
     page.once("dialog", lambda dialog: dialog.dismiss())
     page.click("#delete-image")
-    expect(page.locator("#image-gallery li a")).to_have_count(1)  # "Cancel" keeps it
+    expect(page.locator("#image-gallery li a[data-image-id]")).to_have_count(1)  # "Cancel" keeps it
     page.once("dialog", lambda dialog: dialog.accept())
     with page.expect_response(f"**/images/{body['image_id']}"):
         page.click("#delete-image")
@@ -481,7 +482,7 @@ def test_a_generation_and_then_the_whole_history_are_deleted_from_the_page(page,
     page.on("dialog", lambda dialog: dialog.accept())
     with page.expect_response("**/generations/*"):
         page.click("#generation-gallery li button.delete-generation >> nth=0")
-    expect(page.locator("#generation-gallery li a")).to_have_count(1)
+    expect(page.locator("#generation-gallery li a[data-lightbox]")).to_have_count(1)
     with page.expect_response("**/history"):
         page.click("#clear-history")
     expect(page.locator("#image-gallery .empty")).to_be_visible()
@@ -489,3 +490,104 @@ def test_a_generation_and_then_the_whole_history_are_deleted_from_the_page(page,
     page.reload()
     expect(page.locator("#image-gallery .empty")).to_be_visible()
     assert [p for p in (data_dir / "uploads").rglob("*.png")] == []
+
+
+# What people expect from such tools.
+
+def test_several_files_at_once_each_captioned(page, serve, tmp_path):
+    page.goto(serve() + "/")
+    paths = [files(tmp_path / f"s{index}.png", image_bytes(color=(index * 60, 20, 20))) for index in range(3)]
+    page.set_input_files("#image-input", paths)
+    with page.expect_response(lambda response: response.url.endswith("/upload")):
+        page.click("#upload-form button")
+    expect(page.locator("#image-gallery li a[data-image-id]")).to_have_count(3)
+    expect(page.locator("#image-gallery small").first).to_contain_text("s2.png")
+
+
+def test_a_pasted_image_is_taken(page, serve):
+    page.goto(serve() + "/")
+    data = base64.b64encode(image_bytes()).decode()
+    page.evaluate("""(data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const files = new DataTransfer();
+        files.items.add(new File([bytes], "clip.png", {type: "image/png"}));
+        document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: files, bubbles: true}));
+    }""", data)
+    expect(page.locator("#announcer")).to_have_text("Image pasted")
+    with page.expect_response("**/upload"):
+        page.click("#upload-form button")
+    expect(page.locator("#image-gallery li a[data-image-id]")).to_have_count(1)
+
+
+def test_copy_a_caption_and_an_answer(browser, serve, tmp_path):
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    page.goto(serve() + "/")
+    upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
+    page.click("#copy-caption")
+    expect(page.locator("#announcer")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "a fake caption"
+    ask_through_page(page, "what?")
+    page.click("#thread li button.copy")
+    page.wait_for_function("navigator.clipboard.readText().then((text) => text === 'a fake answer')")
+    context.close()
+
+
+def test_images_open_large_in_the_app_and_download_from_the_gallery(page, serve, tmp_path):
+    page.goto(serve() + "/")
+    upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
+    page.fill("#description-input", "a boat")
+    with page.expect_response("**/generate"):
+        page.click("#generate-form button")
+    page.click("#current-image")
+    expect(page.locator("#lightbox")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.locator("#lightbox")).to_be_hidden()
+    address = page.url
+    page.click("#generation-gallery li a[data-lightbox]")
+    expect(page.locator("#lightbox img")).to_have_attribute("alt", "a boat")
+    assert page.url == address  # not a bare PNG
+    page.click("#lightbox button")
+    for item in ("#image-gallery li", "#generation-gallery li"):
+        link = page.locator(f"{item} a.download").first
+        assert link.get_attribute("download") == "" and link.get_attribute("href").endswith(".png")
+
+
+def test_ctrl_enter_sends_and_the_settings_are_remembered(page, serve):
+    page.goto(serve() + "/")
+    page.fill("#width-input", "512")
+    page.click("summary")
+    page.fill("#seed-input", "7")
+    page.fill("#description-input", "a boat")
+    with page.expect_response("**/generate") as sent:
+        page.press("#description-input", "Control+Enter")
+    assert sent.value.request.post_data_json["width"] == "512"
+    expect(page.locator("#width-input")).to_have_value("512")  # the settings stay
+    page.reload()
+    expect(page.locator("#width-input")).to_have_value("512")  # and are remembered
+    expect(page.locator("#seed-input")).to_have_value("7")
+
+
+def test_a_running_generation_can_be_cancelled(page, serve):
+    page.goto(serve() + "/")
+    page.route("**/generate", lambda route: None)  # never answers
+    page.fill("#description-input", "a boat")
+    page.click("#generate-form button")
+    expect(page.locator("#cancel-generate")).to_be_visible()
+    page.click("#cancel-generate")
+    expect(page.locator("#generate-form .error")).to_contain_text("Cancelled")
+    expect(page.locator("#generate-form button[type=submit]")).to_be_enabled()
+    expect(page.locator("#cancel-generate")).to_be_hidden()
+
+
+def test_dark_mode_follows_the_system_and_stays_readable(browser, serve, tmp_path):
+    context = browser.new_context(color_scheme="dark", bypass_csp=True)
+    page = context.new_page()
+    page.goto(serve() + "/")
+    upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
+    ask_through_page(page, "what?")
+    background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+    assert background == "rgb(17, 20, 24)"
+    assert axe_violations(page) == []
+    shot(page, "09-dark")
+    context.close()
