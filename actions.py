@@ -162,7 +162,8 @@ def stored_image(record: dict) -> Callable[[], Image.Image]:
                 image.load()
                 return images.to_rgb(image)  # stored files are RGB already: no copy
         except FileNotFoundError:  # deleted while the request waited for the model
-            raise NotFound(f"image '{record['image_id']}' was deleted: upload it again", code="image_not_found") from None
+            raise NotFound(f"image '{record['image_id']}' was deleted: upload it again",
+                           code="image_not_found") from None
 
     return load
 

@@ -180,7 +180,8 @@ def test_the_servers_upload_error_is_shown_beside_the_form(page, serve, tmp_path
     page.goto(serve() + "/")
     answer = upload_through_page(page, files(tmp_path / name, data))
     expect(page.locator("#upload-form .error")).to_contain_text(message)
-    assert answer.json()["error"] not in page.locator("#upload-form .error").inner_text()  # the API's words stay in the API
+    # The API's words stay in the API.
+    assert answer.json()["error"] not in page.locator("#upload-form .error").inner_text()
     expect(page.locator("#upload-form button")).to_be_enabled()
     shot(page, f"05-upload-error-{name}")
 
@@ -215,7 +216,8 @@ def test_markup_in_captions_and_questions_is_shown_as_text(page, serve, tmp_path
     ask_through_page(page, "<script>window.pwned = 3</script>?")
     expect(page.locator("#thread .question")).to_have_text("You asked: " + "<script>window.pwned = 3</script>?")
     page.reload()
-    expect(page.locator("#image-gallery a[data-image-id] span")).to_have_text(MarkupCaptioner().caption_batch([None])[0])
+    markup = MarkupCaptioner().caption_batch([None])[0]
+    expect(page.locator("#image-gallery a[data-image-id] span")).to_have_text(markup)
     page.click("#image-gallery a[data-image-id]")
     expect(page.locator("#thread .question")).to_have_text("You asked: " + "<script>window.pwned = 3</script>?")
     assert page.evaluate("window.pwned") is None
