@@ -52,10 +52,15 @@ def serve(make_app, fake_api):
         server.shutdown()
 
 
-@pytest.fixture
+SIZES = {"desktop": {"viewport": {"width": 1100, "height": 900}},
+         "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}}
+
+
+@pytest.fixture(params=list(SIZES))
 def page(browser, request):
-    """A fresh browser page that records console errors, page errors and CSP violations."""
-    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    """A fresh browser page, at desktop and at phone size, that records console errors, page errors and CSP
+    violations."""
+    context = browser.new_context(**SIZES[request.param])
     page = context.new_page()
     page.problems = []
     page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
