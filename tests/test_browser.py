@@ -138,6 +138,7 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
     expect(page.locator("#image-panel")).to_be_visible()  # the address keeps the open image
     page.click("#image-gallery a[data-image-id]")
     expect(page.locator("#current-caption")).to_have_text(caption)
+    expect(page.locator("#current-image")).to_be_in_viewport()  # reopened where it can be seen
     expect(page.locator("#thread li")).to_have_count(2)
     shot(page, "04-history-reopened")
     assert page.problems == []
