@@ -382,6 +382,7 @@ function setupViewing() {
   const caption = $("#copy-caption");
   if (caption) {
     caption.addEventListener("click", () => copyButton("", $("#current-caption").textContent).click());
+    reveal("#copy-caption");
   }
   if (!box) return;
   const open = (source, description) => {
@@ -407,9 +408,17 @@ function emptyGallery(gallery, kind) {
   if (!gallery.querySelector("li")) gallery.append(element("li", { className: "empty", textContent: `No ${kind} yet.` }));
 }
 
+// Buttons that only the script can work are shown by the part that makes them work.
+function reveal(selector) {
+  document.querySelectorAll(`${selector}[data-script-only]`).forEach((button) => { button.hidden = false; });
+}
+
 function setupDeleting() {
   const error = $(".gallery-error");
   if (!error) return;
+  reveal("#delete-image");
+  reveal("#clear-history");
+  reveal(".delete-generation");
   const removeImage = $("#delete-image");
   removeImage.addEventListener("click", async () => {
     const imageId = $("#question-image-id").value;
@@ -520,5 +529,4 @@ document.addEventListener("DOMContentLoaded", () => {
   setupHistory();
   setupDeleting();
   setupViewing();
-  document.querySelectorAll("[data-script-only]").forEach((button) => { button.hidden = false; });
 });

@@ -599,3 +599,11 @@ def test_dark_mode_follows_the_system_and_stays_readable(browser, serve, tmp_pat
     assert axe_violations(page) == []
     shot(page, "09-dark")
     context.close()
+
+
+def test_the_image_page_shows_only_buttons_that_work_there(page, serve, tmp_path):
+    page.goto(serve() + "/")
+    body = upload_through_page(page, files(tmp_path / "a.png", image_bytes())).json()
+    page.goto(page.url.split("#")[0].rstrip("/") + f"/page/images/{body['image_id']}")
+    expect(page.locator("#copy-caption")).to_be_visible()
+    expect(page.locator("#delete-image")).to_be_hidden()  # deleting is done from the main page
