@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test axe bench bench-speed bench-limits bench-start install install-dev browser nginx
+.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history install install-dev browser nginx
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -18,8 +18,9 @@ demo: install
 test: install-dev browser nginx axe
 	$(BIN)/python -m pytest
 
-# Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start.
-bench: bench-speed bench-limits bench-start
+# Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start,
+# bench-history.
+bench: bench-speed bench-limits bench-start bench-history
 
 bench-speed: install-dev
 	$(BIN)/python bench/speed.py
@@ -29,6 +30,9 @@ bench-limits: install-dev nginx
 
 bench-start: install-dev nginx
 	$(BIN)/python bench/first_start.py
+
+bench-history: install-dev
+	$(BIN)/python bench/history_store.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

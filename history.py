@@ -97,8 +97,11 @@ class History:
         """Append a question and its answer to an image's thread; return the updated record."""
 
         def append(data):
-            self._find(data, "images", image_id)["questions"].append(entry)
-            return data["images"][image_id]
+            # A new record with a new thread: the one readers may hold stays as it was.
+            record = dict(self._find(data, "images", image_id))
+            record["questions"] = [*record["questions"], entry]
+            data["images"][image_id] = record
+            return record
 
         return copy.deepcopy(self._change(append))
 
@@ -201,7 +204,9 @@ class History:
             _, _, malformed = self._cache
             if any(malformed.values()):
                 self._set_aside(malformed)
-            data = copy.deepcopy(data)
+            # Changes add, replace or remove whole records, so copying the two maps is enough: a
+            # record readers may hold is never changed in place (add_question makes a new one).
+            data = {kind: dict(records) for kind, records in data.items()}
             result = change(data)
             self._write(data)
             return result
@@ -224,7 +229,7 @@ class History:
             descriptor, temporary = tempfile.mkstemp(prefix=self.temporary_prefix, dir=self.folder)
             try:
                 with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                    json.dump(data, file, ensure_ascii=False, indent=1)
+                    json.dump(data, file, ensure_ascii=False, separators=(",", ":"))
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(temporary, path)
