@@ -12,12 +12,11 @@ import glob
 import json
 import logging
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 
 from errors import AppError, NotFound, NotOwner
-from storage import check_writable, faults_told
+from storage import check_writable, faults_told, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -226,16 +225,8 @@ class History:
     def _write(self, data: dict, path: str | None = None) -> None:
         path = path or self.path
         with faults_told(SETTING, path):
-            descriptor, temporary = tempfile.mkstemp(prefix=self.temporary_prefix, dir=self.folder)
-            try:
-                with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                    json.dump(data, file, ensure_ascii=False, separators=(",", ":"))
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+            replace_file(path, text.encode("utf-8"), self.temporary_prefix)
             if path == self.path:
                 self._cache = (file_stamp(os.stat(self.path)), data, empty())
             folder = os.open(self.folder, os.O_RDONLY)

@@ -64,21 +64,26 @@ def check_writable(folder: str, setting: str) -> None:
         raise fault(OSError(errno.ENOSPC, "no space"), setting)
 
 
+def replace_file(path: str, data: bytes, temporary_prefix: str = TEMPORARY_PREFIX) -> None:
+    """Write data to path through a temporary file beside it, fsynced, then renamed over it: never half a file."""
+    descriptor, temporary = tempfile.mkstemp(prefix=temporary_prefix, dir=os.path.dirname(path))
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def store(folder: str, name: str, data: bytes, setting: str) -> str:
     """Write data to folder/name atomically and durably; return the path."""
     path = os.path.join(folder, name)
     with faults_told(setting, path):
         os.makedirs(folder, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=folder)
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        replace_file(path, data)
     return path
 
 

@@ -9,7 +9,6 @@ Prints the figures and writes its section of BENCHMARKS.md.
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,25 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from demo import random_blip  # noqa: E402
+from processes import free_port, stop  # noqa: E402
 from report import write_section  # noqa: E402
 
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 CLIENTS = 8
 SECONDS = {"tiny": 15, "base": 40}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def first_start(data: str) -> dict:

@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 
 from demo import random_blip  # noqa: E402
 import settings  # noqa: E402
+from processes import free_port, stop  # noqa: E402
 from report import write_section  # noqa: E402
 
 FLOOD_SECONDS = 15
@@ -40,12 +41,6 @@ def png(size, color="teal") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def descendants(pid: int) -> list[int]:
@@ -90,14 +85,6 @@ def start(command: list[str], env: dict, port: int, log_path: str) -> subprocess
             pass
         time.sleep(0.3)
     raise SystemExit(f"the server did not start: see {log_path}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def upload(base: str, data: bytes, timeout: float = 120) -> requests.Response:

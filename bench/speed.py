@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from PIL import Image, ImageDraw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the app's own modules (models, random_blip)
 
+from processes import free_port  # noqa: E402
 from report import write_section  # noqa: E402  (bench/ is this script's folder, first on the path)
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 GENERATION = {"CAPTION_NUM_BEAMS": "3", "CAPTION_MIN_LENGTH": "20", "CAPTION_MAX_LENGTH": "20",
@@ -181,12 +181,6 @@ def workers(master: subprocess.Popen) -> list[str]:
 def peak_memory_mb(pids: list[str]) -> float:
     """The peak resident memory (VmHWM) of the given processes, in MB."""
     return max(int(status_field(pid, "VmHWM").split()[0]) for pid in pids) / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def serve(target: str, env: dict, log_path: str, port: int) -> subprocess.Popen:
