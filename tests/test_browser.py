@@ -85,6 +85,7 @@ def upload_through_page(page, path):
     page.set_input_files("#image-input", path)
     with page.expect_response("**/upload") as answer:
         page.click("#upload-form button")
+    handled(page, "#upload-form")
     return answer.value
 
 
@@ -92,7 +93,14 @@ def ask_through_page(page, question):
     page.fill("#question-input", question)
     with page.expect_response("**/question") as answer:
         page.press("#question-input", "Enter")
+    handled(page, "#question-form")
     return answer.value.json()
+
+
+def handled(page, form):
+    """Wait until the page has done with an answer (a form sends nothing more while busy)."""
+    # A locator, not wait_for_function: that one evaluates a string, which the page's CSP refuses.
+    expect(page.locator(f"{form}:not([data-busy])")).to_have_count(1, timeout=10000)
 
 
 def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_path):
@@ -434,14 +442,14 @@ def test_after_an_upload_the_form_is_ready_for_the_next(page, serve, tmp_path):
     page.goto(serve() + "/")
     upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
     expect(page.locator("#current-caption")).not_to_be_empty()  # the answer has been handled
-    page.wait_for_function("document.querySelector('#image-input').files.length === 0", timeout=5000)
+    assert page.evaluate("document.querySelector('#image-input').files.length") == 0
     expect(page.locator("#preview")).to_be_hidden()
 
 
 def test_the_open_image_survives_a_reload_and_items_say_what_and_when(page, serve, tmp_path):
     page.goto(serve() + "/")
     body = upload_through_page(page, files(tmp_path / "holiday.png", image_bytes())).json()
-    page.wait_for_function(f"location.hash === '#image={body['image_id']}'", timeout=5000)
+    assert page.evaluate("location.hash") == f"#image={body['image_id']}"
     ask_through_page(page, "still here?")
     page.reload()
     expect(page.locator("#image-panel")).to_be_visible()
@@ -536,8 +544,10 @@ def test_copy_a_caption_and_an_answer(browser, serve, tmp_path):
     expect(page.locator("#announcer")).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == "a fake caption"
     ask_through_page(page, "what?")
+    page.evaluate("document.querySelector('#announcer').textContent = ''")
     page.click("#thread li button.copy")
-    page.wait_for_function("navigator.clipboard.readText().then((text) => text === 'a fake answer')")
+    expect(page.locator("#announcer")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "a fake answer"
     context.close()
 
 
