@@ -6,7 +6,8 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history install install-dev browser nginx
+.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history install install-dev browser nginx \
+	postgresql
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -15,7 +16,7 @@ run: install nginx
 demo: install
 	$(BIN)/python demo/serve.py
 
-test: install-dev browser nginx axe
+test: install-dev browser nginx axe postgresql
 	$(BIN)/python -m pytest
 
 # Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start,
@@ -31,7 +32,7 @@ bench-limits: install-dev nginx
 bench-start: install-dev nginx
 	$(BIN)/python bench/first_start.py
 
-bench-history: install-dev
+bench-history: install-dev postgresql
 	$(BIN)/python bench/history_store.py
 
 install: $(VENV)/.installed
@@ -63,3 +64,8 @@ node_modules/axe-core/axe.min.js: package.json
 nginx:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || ! command -v apt-get >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx; }
+
+# Debian's PostgreSQL, whose initdb and pg_ctl the tests and bench-history use for a throwaway server of their own.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		! command -v apt-get >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql; }

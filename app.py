@@ -12,6 +12,7 @@ import tempfile
 import threading
 from urllib.parse import urlsplit
 
+import click
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -21,7 +22,8 @@ import storage
 from errors import AppError
 from hf_client import HFClient
 from keys import read_keys
-from history import History
+import history_cli
+from history import open_store
 from model_service import ModelService
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,12 @@ HTTP_ERRORS = {
 }
 
 
-def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
-    """Build the app: defaults, then the environment, then config; real models only if none given."""
+def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, services=True):
+    """Build the app: defaults, then the environment, then config; real models only if none given.
+
+    services=False builds it for the flask command's tools (`flask --app app history copy ...`): the
+    settings, routes and commands, but no model, client or history.
+    """
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_mapping(settings.DEFAULTS)
     app.config.from_mapping(settings.from_environment(os.environ))
@@ -57,7 +63,17 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
     app.config["TRUSTED_HOSTS"] = None
     app.secret_key = app.config["SECRET_KEY"] or instance_secret_key(app.instance_path)
     app.json.sort_keys = False
+    register_errors(app)
+    register_security(app)
+    register_routes(app)
+    app.cli.add_command(history_cli.history)
+    if services:
+        start_services(app, captioner, answerer, hf_client)
+    return app
 
+
+def start_services(app: Flask, captioner, answerer, hf_client) -> None:
+    """The models, the history, the inference client; and the sweep of what a crash left."""
     if captioner is None or answerer is None:
         loaded_captioner, loaded_answerer = load_models(app.config, captioner is None, answerer is None)
         captioner = captioner or loaded_captioner
@@ -69,15 +85,12 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None):
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000, max_queue=app.config["MAX_QUEUE"],
         max_background=app.config["MAX_BACKGROUND"], timeout=app.config["MODEL_TIMEOUT"])
     app.extensions["decoding"] = threading.BoundedSemaphore(app.config["MAX_DECODES"])
-    app.extensions["hf_client"] = hf_client or build_hf_client(app.config)
-    app.extensions["history"] = History(app.config["HISTORY_FILE"])
+    history = open_store(app.config["DATABASE_URL"] or app.config["HISTORY_FILE"], app.root_path)
+    app.extensions["history"] = history
+    app.extensions["hf_client"] = hf_client or build_hf_client(app.config, history.key_states())
+    # An empty history keeps every stored file: it may be a new store the old one was not copied to yet.
     storage.sweep(app.config["UPLOAD_FOLDER"], [app.config["UPLOAD_FOLDER"], app.config["GENERATED_FOLDER"]],
-                  app.extensions["history"].filenames())
-
-    register_errors(app)
-    register_security(app)
-    register_routes(app)
-    return app
+                  history.filenames() or None)
 
 
 def load_models(config, need_captioner: bool, need_answerer: bool):
@@ -109,8 +122,11 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
     return loaded.get("CAPTION_MODEL"), loaded.get("VQA_MODEL")
 
 
-def build_hf_client(config):
-    """The inference client, keys from HF_API_KEYS_FILE (else HF_API_KEYS); it asks the hub in the background."""
+def build_hf_client(config, key_states=None):
+    """The inference client, keys from HF_API_KEYS_FILE (else HF_API_KEYS); it asks the hub in the background.
+
+    key_states: where replicas share the keys' states (the history's database), or None.
+    """
     keys = read_keys(config["HF_API_KEYS"], ",")
     if config["HF_API_KEYS_FILE"]:
         try:
@@ -122,7 +138,7 @@ def build_hf_client(config):
             keys = []
     client = HFClient(keys, config["SD_MODEL"], provider=config["HF_PROVIDER"], router_url=config["HF_ROUTER_URL"],
                       timeout=config["HF_TIMEOUT"], deadline=config["HF_DEADLINE"], max_tries=config["HF_MAX_TRIES"],
-                      exhausted_cooldown=config["HF_EXHAUSTED_COOLDOWN"])
+                      exhausted_cooldown=config["HF_EXHAUSTED_COOLDOWN"], key_states=key_states)
     client.discover_in_background()  # which providers serve SD_MODEL: logged, and shown by /healthz
     return client
 
@@ -266,9 +282,18 @@ def __getattr__(name: str):
     # PEP 562: `gunicorn app:app` asks for app.app; build it, models loaded, on that first use.
     if name == "app":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        globals()["app"] = create_app()
+        globals()["app"] = create_app(services=serving())
         return globals()["app"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def serving() -> bool:
+    """Whether this process serves requests: not when the flask command builds the app for a tool.
+
+    The flask command finds `app` before it runs any command; only `flask run` serves.
+    """
+    command = click.get_current_context(silent=True)
+    return command is None or command.command.name == "run"
 
 
 if __name__ == "__main__":

@@ -106,6 +106,13 @@ class StorageReadOnly(AppError):
     code = "storage_read_only"
 
 
+class DatabaseUnavailable(AppError):
+    """The history's database did not answer: nothing was stored."""
+
+    status = 503
+    code = "database_unavailable"
+
+
 class ModelBusy(AppError):
     """The model's queue is full: come back shortly."""
 

@@ -29,7 +29,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 import images
 from errors import ModelNotServed, UpstreamError, UpstreamRejected, UpstreamTimeout
-from keys import Key, KeyPool
+from keys import Key, KeyPool, SharedStates
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ class HFClient:
     def __init__(self, keys: list[str], model: str, *, provider: str = "auto", router_url: str = ROUTER,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
                  timeout: float = 120.0, deadline: float = 240.0, max_tries: int = 3,
-                 exhausted_cooldown: float = 3600.0):
+                 exhausted_cooldown: float = 3600.0, key_states: SharedStates | None = None):
         if provider != "auto" and provider not in IMAGE_PROVIDERS:
             raise ValueError(f"HF_PROVIDER={provider!r}: use auto or one of {', '.join(IMAGE_PROVIDERS)}")
-        self.pool = KeyPool(keys, clock, exhausted_cooldown)
+        self.pool = KeyPool(keys, clock, exhausted_cooldown, shared=key_states)
         self.model, self.provider = model, provider
         self.clock, self.sleep = clock, sleep
         self.timeout, self.deadline, self.max_tries = timeout, deadline, max_tries

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 from errors import AppError, NotFound, NotOwner
 from storage import check_writable, faults_told, replace_file
@@ -155,6 +156,33 @@ class History:
         return {record["filename"] for record in records
                 if isinstance(record, dict) and isinstance(record.get("filename"), str)}
 
+    def all_records(self) -> Iterator[tuple[str, dict]]:
+        """Every well-formed record as (kind, record), oldest first."""
+        data = self._read()
+        for kind in KINDS:
+            for record in data[kind].values():
+                yield kind, copy.deepcopy(record)
+
+    def merge(self, records: Iterable[tuple[str, dict]]) -> dict:
+        """Put records in, replacing those with the same id, in one write; count them as {"new": n, "replaced": n}."""
+        counts = {"new": 0, "replaced": 0}
+
+        def put(data):
+            for kind, record in records:
+                key = record[KINDS_ID[kind]]
+                counts["replaced" if key in data[kind] else "new"] += 1
+                data[kind][key] = record
+
+        self._change(put)
+        return counts
+
+    def key_states(self) -> None:
+        """No shared key states: one process (or one machine's workers) per JSON file."""
+        return None
+
+    def close(self) -> None:
+        """Nothing held open between calls."""
+
     @staticmethod
     def _find(data: dict, kind: str, key: str) -> dict:
         try:
@@ -255,3 +283,12 @@ class History:
         if self._unreadable is not None:
             self._move_aside("corrupt")
             self._cache = (None, empty(), empty())
+
+
+def open_store(target: str, root: str):
+    """The history a setting names: a database URL (sqlite:///..., postgresql://...) or a JSON file's path."""
+    if "://" in target:
+        from history_sql import SqlHistory  # SQLAlchemy is imported only where a database is used
+
+        return SqlHistory(target, root)
+    return History(os.path.join(root, os.path.expanduser(target)))

@@ -11,9 +11,9 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
-from errors import KeysUnavailable
+from errors import AppError, KeysUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,14 @@ FRAGMENT = 8  # this many characters of a key in a row are hidden wherever they 
 HIDDEN = "[hidden]"
 
 
+def digest(secret: str) -> str:
+    """A key's SHA-256 in hex: how the database that replicas share knows it."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def fingerprint(secret: str) -> str:
     """A short non-reversible name of a key: the first 8 hex digits of its SHA-256."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return digest(secret)[:8]
 
 
 def read_keys(text: str, separator: str | None = None) -> list[str]:
@@ -78,7 +83,8 @@ class Key:
     rate_limits: int = 0  # 429s in a row, for exponential back-off
 
     def __post_init__(self):
-        self.fingerprint = fingerprint(self.secret)
+        self.digest = digest(self.secret)
+        self.fingerprint = self.digest[:8]
 
     @property
     def name(self) -> str:
@@ -89,20 +95,42 @@ class Key:
         return self.state == "active" or (self.state in ("cooling", "exhausted") and now >= self.until)
 
 
-class KeyPool:
-    """Round-robin over the usable keys; thread-safe; the clock is injectable."""
+class SharedStates(Protocol):
+    """Where replicas keep the keys' states (history_sql.SharedKeyStates), by each key's digest."""
 
-    def __init__(self, secrets: list[str], clock: Callable[[], float] = time.time, exhausted_cooldown: float = 3600.0):
+    def read(self, key_hashes: list[str]) -> dict[str, dict]: ...
+
+    def write(self, key_hash: str, state: dict) -> None: ...
+
+    def forget_disabled(self, key_hashes: list[str]) -> None: ...
+
+
+SHARED_FIELDS = ("state", "until", "reason", "rate_limits")
+
+
+class KeyPool:
+    """Round-robin over the usable keys; thread-safe; the clock is injectable.
+
+    With shared states (a database several replicas use), a key's state is read before each choice
+    and written at each change, so a key one replica rests is rested by all; without, it lives here.
+    """
+
+    def __init__(self, secrets: list[str], clock: Callable[[], float] = time.time, exhausted_cooldown: float = 3600.0,
+                 shared: SharedStates | None = None):
         self.keys = [Key(secret, position) for position, secret in enumerate(secrets, 1)]
         self.redact = Redactor(secrets)
         self.clock = clock
         self.exhausted_cooldown = exhausted_cooldown
+        self.shared = shared
         self._next = 0
         self._lock = threading.Lock()
+        if shared is not None and self.keys:
+            self._share(lambda: shared.forget_disabled([key.digest for key in self.keys]))
 
     def take(self) -> Key:
         """The next usable key; KeysUnavailable if there is none."""
         with self._lock:
+            self._pull()
             now = self.clock()
             for offset in range(len(self.keys)):
                 key = self.keys[(self._next + offset) % len(self.keys)]
@@ -129,7 +157,9 @@ class KeyPool:
 
     def succeeded(self, key: Key) -> None:
         with self._lock:
-            key.rate_limits = 0
+            if key.rate_limits:
+                key.rate_limits = 0
+                self._push(key)
 
     def cool(self, key: Key, seconds: float | None) -> None:
         """A 429: rest the key for as long as the API asked, else for an exponential back-off."""
@@ -138,6 +168,7 @@ class KeyPool:
             if seconds is None:
                 seconds = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (key.rate_limits - 1))
             key.state, key.until, key.reason = "cooling", self.clock() + seconds, "rate limited (429)"
+            self._push(key)
         log.warning("Hugging Face key %s rate limited; resting it %.0f s", key.name, seconds)
 
     def exhaust(self, key: Key) -> None:
@@ -145,17 +176,20 @@ class KeyPool:
         with self._lock:
             key.state, key.until = "exhausted", self.clock() + self.exhausted_cooldown
             key.reason = "out of credits"
+            self._push(key)
         log.warning("Hugging Face key %s is out of credits; resting it %.0f s", key.name, self.exhausted_cooldown)
 
     def disable(self, key: Key, reason: str) -> None:
         """Invalid, expired or not permitted: not used again until a restart."""
         with self._lock:
             key.state, key.reason = "disabled", reason
+            self._push(key)
         log.warning("Hugging Face key %s disabled: %s", key.name, reason)
 
     def status(self) -> list[dict]:
         """Each key's position, fingerprint and state, and when a resting key returns."""
         with self._lock:
+            self._pull()
             now = self.clock()
             shown = []
             for key in self.keys:
@@ -167,3 +201,28 @@ class KeyPool:
                     entry["retry_in_seconds"] = round(key.until - now, 1)
                 shown.append(entry)
             return shown
+
+    def _pull(self) -> None:
+        """Take the states other replicas wrote (under the lock)."""
+        if self.shared is None or not self.keys:
+            return
+        states = self._share(lambda: self.shared.read([key.digest for key in self.keys])) or {}
+        for key in self.keys:
+            if key.digest in states:
+                for name in SHARED_FIELDS:
+                    setattr(key, name, states[key.digest][name])
+
+    def _push(self, key: Key) -> None:
+        """Tell the other replicas of a key's new state (under the lock)."""
+        if self.shared is not None:
+            self._share(lambda: self.shared.write(key.digest, {name: getattr(key, name) for name in SHARED_FIELDS}))
+
+    def _share(self, call: Callable):
+        # The shared states only spare other replicas a failed call: when the database does not
+        # answer, this replica goes on with what it knows.
+        try:
+            return call()
+        except AppError as error:
+            log.warning("the API keys' shared states could not be read or written (%s): using this replica's own",
+                        error.code)
+            return None

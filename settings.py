@@ -33,6 +33,7 @@ DEFAULTS = {
     "UPLOAD_FOLDER": "uploads",
     "GENERATED_FOLDER": "uploads/generated",
     "HISTORY_FILE": "history.json",
+    "DATABASE_URL": "",
     "MAX_IMAGE_BYTES": 16 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 40_000_000,
     "SECRET_KEY": "",

@@ -110,23 +110,34 @@ def files_locked(upload_folder: str, exclusive: bool, setting: str = "UPLOAD_FOL
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def sweep(upload_folder: str, folders: list[str], kept: set[str]) -> None:
-    """Remove what a crash left in the folders: stored files no record points to, and temporary files."""
+def sweep(upload_folder: str, folders: list[str], kept: set[str] | None) -> None:
+    """Remove what a crash left in the folders: stored files no record points to, and temporary files.
+
+    kept=None (an empty history) keeps every stored file: the history may be new, and the one that
+    points to them not copied into it yet.
+    """
     try:
         with files_locked(upload_folder, exclusive=True):
-            orphans = temporaries = 0
+            orphans = temporaries = unrecorded = 0
             for folder in dict.fromkeys(folders):
                 for name in os.listdir(folder) if os.path.isdir(folder) else []:
                     if name.startswith(TEMPORARY_PREFIX):
                         temporaries += 1
-                    elif STORED_NAME.fullmatch(name) and name not in kept:
-                        orphans += 1
-                    else:
+                    elif not STORED_NAME.fullmatch(name) or (kept is not None and name in kept):
                         continue
+                    elif kept is None:
+                        unrecorded += 1
+                        continue
+                    else:
+                        orphans += 1
                     remove(os.path.join(folder, name))
     except (AppError, OSError) as error:
         log.warning("could not look for files a crash left in %s (%s)", upload_folder, error)
         return
+    if unrecorded:
+        log.warning("the history has no records, yet the upload folders hold %d stored images: kept them. If the "
+                    "history moved to a new store, copy the old one: flask --app app history copy OLD NEW",
+                    unrecorded)
     if orphans or temporaries:
         log.warning("removed %d stored files no record points to and %d temporary files, left by a crash",
                     orphans, temporaries)

@@ -1,0 +1,439 @@
+"""The history in a database (DATABASE_URL: SQLite or PostgreSQL) through SQLAlchemy, and the keys' shared states.
+
+The same records, answers and errors as the JSON store (history.History), kept as rows: a question
+appends one row, a page of a session's history is an indexed query on (owner, created_at). The
+schema is made and upgraded at start by the migrations in migrations/ (Alembic), one process at a
+time; a database that a newer release has upgraded is refused. Replicas on one database also share
+the API keys' states (key_states), so one replica's 429 rests the key for all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import sqlalchemy as sa
+
+from errors import DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner, StorageReadOnly
+from storage import check_writable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
+SETTING = "DATABASE_URL"
+CHUNK = 1000  # records a statement or a transaction takes at most when copying
+MIGRATION_LOCK = 7_305_419_810  # the advisory lock PostgreSQL replicas take while one of them migrates
+
+# The tables as the latest migration leaves them (tests compare the two).
+metadata = sa.MetaData()
+images = sa.Table(
+    "images", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # insertion order, which breaks ties of created_at
+    sa.Column("image_id", sa.String, nullable=False, unique=True),
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("filename", sa.String, nullable=False),
+    sa.Column("original_name", sa.String),
+    sa.Column("mime_type", sa.String, nullable=False),
+    sa.Column("prompt", sa.Text),
+    sa.Column("caption", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String, nullable=False),  # ISO 8601 in UTC, so text order is time order
+    sa.Index("ix_images_owner_created_at", "owner", "created_at"),
+)
+questions = sa.Table(
+    "questions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.String, sa.ForeignKey("images.image_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("owner", sa.String),  # the session that asked; null in threads from before sessions were kept
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("asked_at", sa.String, nullable=False),
+    sa.Index("ix_questions_image_id", "image_id"),
+)
+generations = sa.Table(
+    "generations", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("generation_id", sa.String, nullable=False, unique=True),
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("filename", sa.String, nullable=False),
+    sa.Column("mime_type", sa.String, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("provider", sa.String),
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Index("ix_generations_owner_created_at", "owner", "created_at"),
+)
+key_states = sa.Table(
+    "key_states", metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),  # SHA-256 of the key, never the key
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("until", sa.Float, nullable=False),
+    sa.Column("reason", sa.String, nullable=False),
+    sa.Column("rate_limits", sa.Integer, nullable=False),
+)
+
+TABLES = {"images": images, "generations": generations}
+KEY_COLUMN = {"images": images.c.image_id, "generations": generations.c.generation_id}
+FIELDS = {
+    "images": ("image_id", "owner", "filename", "original_name", "mime_type", "prompt", "caption", "created_at"),
+    "generations": ("generation_id", "owner", "filename", "mime_type", "description", "parameters", "provider",
+                    "created_at"),
+}
+QUESTION_FIELDS = ("question", "answer", "asked_at", "owner")
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was upgraded by a newer release of the app than this one."""
+
+
+def database_url(value: str, root: str) -> sa.URL:
+    """DATABASE_URL as SQLAlchemy takes it: PostgreSQL through psycopg 3, a relative SQLite path taken from root."""
+    try:
+        url = sa.make_url(value)
+    except sa.exc.ArgumentError:
+        raise ValueError("DATABASE_URL is not a database URL: use sqlite:///history.db or "
+                         "postgresql://user@host/database") from None
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise ValueError("DATABASE_URL names no SQLite file: use sqlite:///history.db (a file, so that the "
+                             "history outlives the process)")
+        return url.set(database=os.path.join(root, os.path.expanduser(url.database)))
+    raise ValueError(f"DATABASE_URL names a {backend} database: use sqlite:///... or postgresql://...")
+
+
+def make_engine(url: sa.URL) -> sa.Engine:
+    """An engine with the settings each backend needs under several threads and processes."""
+    if url.get_backend_name() == "sqlite":
+        os.makedirs(os.path.dirname(url.database), exist_ok=True)
+        # Wait for another writer up to 30 s instead of failing at once.
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def on_connect(connection, _):
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            cursor.close()
+
+        return engine
+    # pre_ping: a connection the server closed (a restart) is replaced before it fails a request.
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Create or upgrade the schema to this release's; refuse a database a newer release has upgraded."""
+    # Alembic's own INFO lines say nothing a user needs; this function logs what it did.
+    for name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    with migration_lock(engine) as connection:
+        current = MigrationContext.configure(connection).get_current_heads()
+        for revision in current:
+            try:
+                script.get_revision(revision)
+            except CommandError:
+                raise SchemaTooNew(
+                    f"the history database ({shown(engine.url)}) has schema version {revision}, made by a newer "
+                    f"release of the app; this one knows up to {head}: run the newer release, or point "
+                    "DATABASE_URL at another database") from None
+        if current != (head,):
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            log.info("history database %s: schema %s -> %s", shown(engine.url), ", ".join(current) or "none", head)
+
+
+@contextmanager
+def migration_lock(engine: sa.Engine):
+    """A connection in a transaction that only one process at a time holds (replicas start together)."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": MIGRATION_LOCK})
+            yield connection
+        return
+    with open(engine.url.database + ".lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        with engine.begin() as connection:
+            yield connection
+
+
+def shown(url: sa.URL) -> str:
+    """A database URL as logs and messages may show it: never its password."""
+    return url.render_as_string(hide_password=True)
+
+
+class SqlHistory:
+    """The history's records in a database: the same methods as history.History."""
+
+    def __init__(self, url: str, root: str = "."):
+        self.url = database_url(url, root)
+        self.engine = make_engine(self.url)
+        try:
+            migrate(self.engine)
+        except sa.exc.DBAPIError as error:
+            raise RuntimeError(f"the history database ({shown(self.url)}) cannot be used: {reason(error)}") from None
+        log.info("history in the database %s", shown(self.url))
+
+    def add_image(self, record: dict) -> None:
+        """Keep a new image record."""
+        with self._transaction() as db:
+            db.execute(images.insert(), [row("images", record)])
+            add_questions(db, record["image_id"], record["questions"])
+
+    def add_question(self, image_id: str, entry: dict) -> dict:
+        """Append a question and its answer to an image's thread; return the updated record."""
+        try:
+            with self._transaction() as db:
+                found = self._row(db, "images", image_id)
+                add_questions(db, image_id, [entry])
+                return with_threads(db, [found])[0]
+        except sa.exc.IntegrityError:  # the image was deleted between the two statements
+            raise not_found("images", image_id) from None
+
+    def add_generation(self, record: dict) -> None:
+        """Keep a new generation record."""
+        with self._transaction() as db:
+            db.execute(generations.insert(), [row("generations", record)])
+
+    def delete(self, kind: str, key: str, owner: str) -> dict:
+        """Remove one record of the owner's and return it; NotFound if there is none, NotOwner if it is not theirs."""
+        with self._transaction() as db:
+            record = self._row(db, kind, key)
+            if record["owner"] != owner:
+                noun = "image" if kind == "images" else "generation"
+                raise NotOwner(f"this {noun} was made in another session: only that session may delete it")
+            if kind == "images":
+                record = with_threads(db, [record])[0]
+                db.execute(questions.delete().where(questions.c.image_id == key))
+            if db.execute(TABLES[kind].delete().where(KEY_COLUMN[kind] == key)).rowcount == 0:
+                raise not_found(kind, key)  # another request deleted it first
+            return record
+
+    def clear(self, owner: str) -> list[dict]:
+        """Remove every record of the owner's (and the threads about their images); return them."""
+        with self._transaction() as db:
+            mine = [record("images", found) for found in db.execute(
+                sa.select(images).where(images.c.owner == owner).order_by(images.c.id)).mappings()]
+            removed = with_threads(db, mine)
+            ids = [record["image_id"] for record in removed]
+            for start in range(0, len(ids), CHUNK):
+                db.execute(questions.delete().where(questions.c.image_id.in_(ids[start : start + CHUNK])))
+            db.execute(images.delete().where(images.c.owner == owner))
+            made = db.execute(sa.select(generations).where(generations.c.owner == owner)
+                              .order_by(generations.c.id)).mappings()
+            removed += [record("generations", found) for found in made]
+            db.execute(generations.delete().where(generations.c.owner == owner))
+            return removed
+
+    def check_writable(self) -> None:
+        """Refuse before any work when a change could not be written: SQLite's folder read-only or full."""
+        if self.url.get_backend_name() == "sqlite":
+            check_writable(os.path.dirname(self.url.database), f"{SETTING}'s folder")
+
+    def image(self, image_id: str) -> dict:
+        """One image record; NotFound if there is none."""
+        with self._connection() as db:
+            return with_threads(db, [self._row(db, "images", image_id)])[0]
+
+    def generation(self, generation_id: str) -> dict:
+        """One generation record; NotFound if there is none."""
+        with self._connection() as db:
+            return self._row(db, "generations", generation_id)
+
+    def list(self, kind: str, owner: str, limit: int, offset: int) -> tuple[list[dict], int]:
+        """An owner's records of one kind, newest first, one page of them, and how many in all."""
+        table = TABLES[kind]
+        page = (sa.select(table).where(table.c.owner == owner)
+                .order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit).offset(offset))
+        with self._connection() as db:
+            found = [record(kind, row_) for row_ in db.execute(page).mappings()]
+            total = db.execute(sa.select(sa.func.count()).select_from(table).where(table.c.owner == owner)).scalar()
+            return (with_threads(db, found) if kind == "images" else found), total
+
+    def filenames(self) -> set[str]:
+        """The stored files that records point to."""
+        with self._connection() as db:
+            return set(db.execute(sa.union_all(sa.select(images.c.filename), sa.select(generations.c.filename)))
+                       .scalars())
+
+    def all_records(self) -> Iterator[tuple[str, dict]]:
+        """Every record as (kind, record), oldest first, images with their threads; read CHUNK at a time."""
+        for kind, table in TABLES.items():
+            last = 0
+            while True:
+                with self._connection() as db:
+                    rows = db.execute(sa.select(table).where(table.c.id > last).order_by(table.c.id)
+                                      .limit(CHUNK)).mappings().all()
+                    found = [record(kind, row_) for row_ in rows]
+                    found = with_threads(db, found) if kind == "images" else found
+                if not rows:
+                    break
+                last = rows[-1]["id"]
+                yield from ((kind, one) for one in found)
+
+    def merge(self, records: Iterable[tuple[str, dict]]) -> dict:
+        """Put records in, replacing those with the same id; count them as {"new": n, "replaced": n}."""
+        counts = {"new": 0, "replaced": 0}
+        batch: list[tuple[str, dict]] = []
+        for item in records:
+            batch.append(item)
+            if len(batch) == CHUNK:
+                self._merge_batch(batch, counts)
+                batch = []
+        if batch:
+            self._merge_batch(batch, counts)
+        return counts
+
+    def _merge_batch(self, batch: list[tuple[str, dict]], counts: dict) -> None:
+        with self._transaction() as db:
+            for kind, table in TABLES.items():
+                given = {one[FIELDS[kind][0]]: one for kind_, one in batch if kind_ == kind}
+                if not given:
+                    continue
+                there = set(db.execute(sa.select(KEY_COLUMN[kind]).where(KEY_COLUMN[kind].in_(given))).scalars())
+                if there and kind == "images":
+                    db.execute(questions.delete().where(questions.c.image_id.in_(there)))
+                if there:
+                    db.execute(table.delete().where(KEY_COLUMN[kind].in_(there)))
+                db.execute(table.insert(), [row(kind, one) for one in given.values()])
+                if kind == "images":
+                    entries = [question_row(key, entry) for key, one in given.items() for entry in one["questions"]]
+                    if entries:
+                        db.execute(questions.insert(), entries)
+                counts["new"] += len(given) - len(there)
+                counts["replaced"] += len(there)
+
+    def key_states(self) -> "SharedKeyStates":
+        """The API keys' states kept in this database, for replicas to share."""
+        return SharedKeyStates(self)
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self.engine.dispose()
+
+    @staticmethod
+    def _row(db: sa.Connection, kind: str, key: str) -> dict:
+        found = db.execute(sa.select(TABLES[kind]).where(KEY_COLUMN[kind] == key)).mappings().first()
+        if found is None:
+            raise not_found(kind, key)
+        return record(kind, found)
+
+    @contextmanager
+    def _transaction(self):
+        with self._errors_told(), self.engine.begin() as db:
+            yield db
+
+    @contextmanager
+    def _connection(self):
+        with self._errors_told(), self.engine.connect() as db:
+            yield db
+
+    @contextmanager
+    def _errors_told(self):
+        """A database fault becomes an error a person can act on; the cause goes to the log."""
+        try:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError) as error:
+            log.error("the history database (%s) failed: %s", shown(self.url), reason(error))
+            text = reason(error).lower()
+            if "full" in text:
+                raise InsufficientStorage(f"the disk that holds {SETTING}'s database is full, so nothing was "
+                                          "stored: free some space and try again") from None
+            if "readonly" in text or "read-only" in text:
+                raise StorageReadOnly(f"{SETTING}'s database cannot be written (read-only), so nothing was "
+                                      "stored: make it writable and try again") from None
+            raise DatabaseUnavailable("the history database did not answer, so nothing was stored or read: try "
+                                      "again shortly; the server's log says why") from None
+
+
+class SharedKeyStates:
+    """The API keys' states in the history's database, by the SHA-256 of each key: what every replica sees."""
+
+    def __init__(self, history: SqlHistory):
+        self.history = history
+
+    def read(self, key_hashes: list[str]) -> dict[str, dict]:
+        """The states known for these keys: {key_hash: {state, until, reason, rate_limits}}."""
+        with self.history._connection() as db:
+            found = db.execute(sa.select(key_states).where(key_states.c.key_hash.in_(key_hashes))).mappings()
+            return {state["key_hash"]: dict(state) for state in found}
+
+    def write(self, key_hash: str, state: dict) -> None:
+        """Keep one key's state, replacing what was known of it."""
+        insert = dialect_insert(self.history.engine)(key_states).values(key_hash=key_hash, **state)
+        with self.history._transaction() as db:
+            db.execute(insert.on_conflict_do_update(index_elements=["key_hash"], set_=state))
+
+    def forget_disabled(self, key_hashes: list[str]) -> None:
+        """At a start, give disabled keys another chance (a key that is still invalid is disabled again at once)."""
+        with self.history._transaction() as db:
+            db.execute(key_states.delete().where(key_states.c.key_hash.in_(key_hashes),
+                                                 key_states.c.state == "disabled"))
+
+
+def dialect_insert(engine: sa.Engine):
+    """The INSERT of the engine's dialect, which knows ON CONFLICT."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def reason(error: sa.exc.DBAPIError) -> str:
+    """The first line of what the database said, without the statement or its values (which hold user text)."""
+    return (str(error.orig).strip().splitlines() or [type(error.orig).__name__])[0]
+
+
+def not_found(kind: str, key: str) -> NotFound:
+    noun = "image" if kind == "images" else "generation"
+    return NotFound(f"no {noun} with id '{key}': check the id, or list yours with GET /history",
+                    code=f"{noun}_not_found")
+
+
+def row(kind: str, record: dict) -> dict:
+    """A record's columns."""
+    return {name: record.get(name) for name in FIELDS[kind]}
+
+
+def record(kind: str, found) -> dict:
+    """A row as the record the JSON store keeps (an image's questions are added by with_threads)."""
+    return {name: found[name] for name in FIELDS[kind]}
+
+
+def question_row(image_id: str, entry: dict) -> dict:
+    return {"image_id": image_id, **{name: entry.get(name) for name in QUESTION_FIELDS}}
+
+
+def add_questions(db: sa.Connection, image_id: str, entries: list[dict]) -> None:
+    if entries:
+        db.execute(questions.insert(), [question_row(image_id, entry) for entry in entries])
+
+
+def with_threads(db: sa.Connection, records: list[dict]) -> list[dict]:
+    """Image records with their questions, oldest first, read in one query."""
+    threads: dict[str, list] = {one["image_id"]: [] for one in records}
+    ids = list(threads)
+    for start in range(0, len(ids), CHUNK):
+        asked = (sa.select(questions).where(questions.c.image_id.in_(ids[start : start + CHUNK]))
+                 .order_by(questions.c.id))
+        for entry in db.execute(asked).mappings():
+            shown_entry = {name: entry[name] for name in QUESTION_FIELDS if entry[name] is not None}
+            threads[entry["image_id"]].append(shown_entry)
+    for one in records:
+        one["questions"] = threads[one["image_id"]]
+    return records
+
