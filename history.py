@@ -145,7 +145,8 @@ class History:
     def list(self, kind: str, owner: str, limit: int, offset: int) -> tuple[list[dict], int]:
         """An owner's records of one kind, newest first, one page of them, and how many in all."""
         mine = [record for record in self._read()[kind].values() if record["owner"] == owner]
-        mine.reverse()
+        mine.reverse()  # then a stable sort: of records made at the same time, the later added comes first
+        mine.sort(key=lambda record: record["created_at"], reverse=True)
         return copy.deepcopy(mine[offset : offset + limit]), len(mine)
 
     def filenames(self) -> set[str]:

@@ -22,6 +22,7 @@ history = AppGroup("history", help="The history's stores: a JSON file, SQLite or
 def copy(source: str | None, dest: str | None) -> None:
     """Copy every record (images with their threads, generations, owners, times) from SOURCE to DEST.
 
+    Each is a history.json path or a database URL; they default to HISTORY_FILE and DATABASE_URL.
     A record DEST already holds is replaced by SOURCE's, so running it again changes nothing.
     """
     config = current_app.config

@@ -143,3 +143,46 @@ def stored_files(data_dir) -> list[str]:
             if not name.endswith(".lock"):
                 found.append(os.path.relpath(os.path.join(folder, name), data_dir))
     return sorted(found)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the session (tests/postgres.py); skipped where none is installed,
+    except in CI, where `make test` installs it."""
+    from postgres import ThrowawayPostgres
+
+    try:
+        server = ThrowawayPostgres().start()
+    except FileNotFoundError as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(error))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A new empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()
+
+
+BACKENDS = ["json", "sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_target(request, tmp_path):
+    """Where a history is kept, once for each backend: a JSON file's path or a database URL."""
+    if request.param == "json":
+        return str(tmp_path / "history.json")
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/history.db"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A database URL, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/history.db"
+    return request.getfixturevalue("postgres_url")

@@ -1,0 +1,200 @@
+"""DATABASE_URL: migrations, the app's answers on SQLite and PostgreSQL, faults, shared key states, history copy."""
+
+import multiprocessing
+import os
+import re
+import subprocess
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+import history_sql
+import servers
+from conftest import image_bytes, stored_files
+from history import History
+from history_sql import SchemaTooNew, SqlHistory
+from keys import KeyPool, digest
+from test_history_stores import generation_record, image_record
+
+
+def test_the_migrations_make_the_tables_the_store_uses(database_url, tmp_path):
+    store = SqlHistory(database_url, str(tmp_path))
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), history_sql.metadata) == []
+        assert MigrationContext.configure(connection).get_current_heads() == ("0001",)
+    store.close()
+
+
+def test_a_database_from_a_newer_release_is_refused(database_url, tmp_path):
+    SqlHistory(database_url, str(tmp_path)).close()
+    engine = history_sql.make_engine(history_sql.database_url(database_url, str(tmp_path)))
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '0042'"))
+    engine.dispose()
+    with pytest.raises(SchemaTooNew, match="schema version 0042, made by a newer release.*knows up to 0001"):
+        SqlHistory(database_url, str(tmp_path))
+
+
+def open_and_add(url: str, root: str, index: int) -> None:
+    store = SqlHistory(url, root)
+    store.add_image(image_record(f"from-{index}"))
+    store.close()
+
+
+def test_replicas_starting_together_migrate_once(database_url, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    starting = [context.Process(target=open_and_add, args=(database_url, str(tmp_path), index)) for index in range(4)]
+    for process in starting:
+        process.start()
+    for process in starting:
+        process.join(60)
+    assert [process.exitcode for process in starting] == [0] * 4
+    store = SqlHistory(database_url, str(tmp_path))
+    assert store.list("images", "me", 10, 0)[1] == 4
+    store.close()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("mysql://user@host/db", "names a mysql database"),
+    ("sqlite://", "names no SQLite file"),
+    ("not a url://", "not a database URL"),
+])
+def test_a_database_url_the_app_cannot_use_is_told(make_app, value, message):
+    with pytest.raises(ValueError, match=message):
+        make_app(DATABASE_URL=value)
+
+
+def test_a_relative_sqlite_path_is_taken_from_the_app_folder(tmp_path):
+    url = history_sql.database_url("sqlite:///data/history.db", str(tmp_path))
+    assert url.database == str(tmp_path / "data" / "history.db")
+    assert history_sql.database_url("postgresql://me:secret@db/history", "/").drivername == "postgresql+psycopg"
+
+
+def session_story(client) -> list:
+    """Upload, ask, list, delete through the API; the answers without their ids and times."""
+    seen = []
+    first = client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")})
+    second = client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes(size=(8, 8))), "b.png"),
+                                          "prompt": "a picture of"})
+    image_id = first.get_json()["image_id"]
+    for question in ("what is it?", "and the colour?"):
+        seen.append(client.post("/question", json={"image_id": image_id, "question": question}))
+    seen.append(client.post("/question", json={"image_id": "nope", "question": "q"}))
+    seen += [client.get("/history?limit=1"), client.get("/history?limit=1&offset=1"), client.get(f"/images/{image_id}")]
+    seen.append(client.delete(f"/images/{second.get_json()['image_id']}"))
+    seen += [client.get("/history"), client.delete("/history"), client.get("/history")]
+    return [first, second, *seen]
+
+
+def without_ids(response) -> tuple:
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<id>",
+                  response.get_data(as_text=True))
+    text = re.sub(r'"(created_at|asked_at)":"[^"]+"', r'"\1":"<time>"', text)
+    return response.status_code, re.sub(r'"image":"[^"]+"', '"image":"<base64>"', text)
+
+
+def test_the_api_answers_the_same_on_every_backend(make_app, database_url, data_dir):
+    on_json = [without_ids(response) for response in session_story(make_app().test_client())]
+    on_database = [without_ids(response) for response in
+                   session_story(make_app(DATABASE_URL=database_url, HISTORY_FILE=str(data_dir / "unused.json"))
+                                 .test_client())]
+    assert on_database == on_json
+    assert [status for status, _ in on_json] == [201, 201, 200, 200, 404, 200, 200, 200, 204, 200, 204, 200]
+    assert not (data_dir / "unused.json").exists()
+
+
+def test_a_database_that_stops_answering_gives_503_and_keeps_nothing(make_app, data_dir):
+    from postgres import ThrowawayPostgres
+
+    server = ThrowawayPostgres().start()
+    try:
+        app = make_app(DATABASE_URL=server.create_database())
+        client = app.test_client()
+        assert client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")}
+                           ).status_code == 201
+        kept = stored_files(data_dir)
+        server.stop()
+        for response in [client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "b.png")}),
+                         client.get("/history")]:
+            assert response.status_code == 503 and response.get_json()["code"] == "database_unavailable"
+            assert "127.0.0.1" not in response.get_json()["error"]
+        assert stored_files(data_dir) == kept
+    finally:
+        server.stop()
+
+
+def test_an_empty_new_history_keeps_the_stored_files(make_app, database_url, data_dir, caplog):
+    client = make_app().test_client()
+    client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")})
+    files = stored_files(data_dir / "uploads")
+    make_app(DATABASE_URL=database_url)  # switched before the copy: nothing may be swept
+    assert stored_files(data_dir / "uploads") == files and files
+    assert "history copy" in caplog.text
+
+
+def test_one_pool_resting_a_key_rests_it_for_every_pool_on_the_database(database_url, tmp_path, clock):
+    store = SqlHistory(database_url, str(tmp_path))
+    secrets = ["hf_sharedAAAAAAAA1111", "hf_sharedBBBBBBBB2222"]
+    first, second = (KeyPool(secrets, clock, shared=store.key_states()) for _ in range(2))
+    key = first.take()
+    first.cool(key, 90)
+    assert second.take().position == 2 and second.take().position == 2
+    assert second.status()[0] == {"position": 1, "fingerprint": key.fingerprint, "state": "cooling",
+                                  "reason": "rate limited (429)", "retry_in_seconds": 90.0}
+    second.disable(second.take(), "invalid or expired (401)")
+    assert first.status()[1]["state"] == "disabled"
+    clock.sleep(91)
+    assert first.take().position == 1
+    restarted = KeyPool(secrets, clock, shared=store.key_states())  # a restart gives disabled keys a new chance
+    assert [entry["state"] for entry in restarted.status()] == ["active", "active"]
+    with store.engine.connect() as connection:
+        kept = connection.execute(sa.text("SELECT * FROM key_states")).all()
+    assert secrets[0] not in str(kept) and secrets[0][:8] not in str(kept)
+    assert {row.key_hash for row in kept} <= {digest(secret) for secret in secrets}
+    store.close()
+
+
+def test_history_copy_moves_everything_and_again_changes_nothing(make_app, database_url, data_dir):
+    app = make_app()
+    client = app.test_client()
+    image_id = client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")}
+                           ).get_json()["image_id"]
+    client.post("/question", json={"image_id": image_id, "question": "what is it?"})
+    History(app.config["HISTORY_FILE"]).add_generation(generation_record("g"))
+    runner = app.test_cli_runner()
+    done = runner.invoke(args=["history", "copy", app.config["HISTORY_FILE"], database_url])
+    assert done.exit_code == 0, done.output
+    assert "copied 1 images (with 1 questions) and 1 generations" in done.output and ": 2 new, 0 already" in done.output
+    assert "warning: 1 records point to files" in done.output  # the generation above has no file
+    again = runner.invoke(args=["history", "copy", app.config["HISTORY_FILE"], database_url])
+    assert ": 0 new, 2 already there" in again.output
+    moved = make_app(DATABASE_URL=database_url).test_client()
+    with client.session_transaction() as before, moved.session_transaction() as after:
+        after["owner"] = before["owner"]
+    assert moved.get(f"/images/{image_id}").get_json() == client.get(f"/images/{image_id}").get_json()
+    assert moved.get("/history").get_json() == client.get("/history").get_json()
+
+
+def test_history_copy_refuses_what_it_cannot_do(make_app, tmp_path):
+    runner = make_app().test_cli_runner()
+    for args, message in [(["missing.json", f"sqlite:///{tmp_path}/h.db"], "is no file"),
+                          ([], "name DEST")]:
+        done = runner.invoke(args=["history", "copy", *args])
+        assert done.exit_code != 0 and message in done.output
+    (tmp_path / "h.json").write_text('{"images": {}, "generations": {}}')
+    done = runner.invoke(args=["history", "copy", str(tmp_path / "h.json"), "postgresql://me:s3cret@/x?host=/nowhere"])
+    assert done.exit_code != 0 and "s3cret" not in done.output
+
+
+def test_the_flask_command_copies_without_loading_a_model(tmp_path, database_url):
+    (tmp_path / "h.json").write_text('{"images": {}, "generations": {}}')
+    env = {**os.environ, "CAPTION_MODEL": str(tmp_path / "no-model"), "VQA_MODEL": str(tmp_path / "no-model"),
+           "UPLOAD_FOLDER": str(tmp_path / "uploads"), "HISTORY_FILE": str(tmp_path / "h.json")}
+    done = subprocess.run([os.path.join(os.path.dirname(servers.PYTHON), "flask"), "--app", "app", "history", "copy",
+                           str(tmp_path / "h.json"), database_url], cwd=servers.ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "copied 0 images" in done.stdout and "torch" not in done.stderr and "no-model" not in done.stderr
+    assert not (tmp_path / "uploads").exists()
