@@ -7,7 +7,7 @@ PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history install install-dev browser nginx \
-	postgresql
+	postgresql wrk
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -32,7 +32,7 @@ bench-limits: install-dev nginx
 bench-start: install-dev nginx
 	$(BIN)/python bench/first_start.py
 
-bench-history: install-dev postgresql
+bench-history: install-dev postgresql wrk
 	$(BIN)/python bench/history_store.py
 
 install: $(VENV)/.installed
@@ -69,3 +69,7 @@ nginx:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		! command -v apt-get >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql; }
+
+# wrk, the load generator bench-history drives the replicas with.
+wrk:
+	@command -v wrk >/dev/null || ! command -v apt-get >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }

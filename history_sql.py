@@ -295,6 +295,8 @@ class SqlHistory:
                 batch = []
         if batch:
             self._merge_batch(batch, counts)
+        with self._transaction() as db:
+            db.execute(sa.text("ANALYZE"))  # the planner's statistics, stale after many rows at once
         return counts
 
     def _merge_batch(self, batch: list[tuple[str, dict]], counts: dict) -> None:
