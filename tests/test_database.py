@@ -105,12 +105,12 @@ def test_the_api_answers_the_same_on_every_backend(make_app, database_url, data_
     assert not (data_dir / "unused.json").exists()
 
 
-def test_a_database_that_stops_answering_gives_503_and_keeps_nothing(make_app, data_dir):
+def test_a_database_that_stops_answering_gives_503_and_keeps_nothing(make_app, data_dir, caplog):
     from postgres import ThrowawayPostgres
 
     server = ThrowawayPostgres().start()
     try:
-        app = make_app(DATABASE_URL=server.create_database())
+        app = make_app(DATABASE_URL=server.create_database(), HF_API_KEYS="hf_downAAAAAAAAAA1111")
         client = app.test_client()
         assert client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")}
                            ).status_code == 201
@@ -121,6 +121,9 @@ def test_a_database_that_stops_answering_gives_503_and_keeps_nothing(make_app, d
             assert response.status_code == 503 and response.get_json()["code"] == "database_unavailable"
             assert "127.0.0.1" not in response.get_json()["error"]
         assert stored_files(data_dir) == kept
+        pool = app.extensions["hf_client"].pool  # the keys go on with this replica's own states
+        assert pool.take().position == 1 and pool.status()[0]["state"] == "active"
+        assert "shared states could not be read or written (database_unavailable)" in caplog.text
     finally:
         server.stop()
 
