@@ -17,8 +17,8 @@ from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 
-from errors import DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner, StorageReadOnly
-from storage import check_writable
+from errors import AppError, DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner, StorageReadOnly
+from storage import NOT_WRITABLE, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,11 @@ def make_engine(url: sa.URL) -> sa.Engine:
         # Wait for another writer up to 30 s instead of failing at once.
         engine = sa.create_engine(url, connect_args={"timeout": 30})
 
+        # SQLite's default rollback journal, not WAL: a WAL database cannot even be read from a
+        # read-only folder, and this one serves its records from one, as the JSON file does.
         @sa.event.listens_for(engine, "connect")
         def on_connect(connection, _):
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-            cursor.close()
+            connection.execute("PRAGMA foreign_keys=ON")
 
         return engine
     # pre_ping: a connection the server closed (a restart) is replaced before it fails a request.
@@ -164,7 +163,16 @@ def migration_lock(engine: sa.Engine):
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": MIGRATION_LOCK})
             yield connection
         return
-    with open(engine.url.database + ".lock", "a") as lock_file:
+    try:
+        lock_file = open(engine.url.database + ".lock", "a")
+    except OSError as error:
+        if error.errno not in NOT_WRITABLE:
+            raise
+        # A read-only folder: no process can migrate, so none needs the lock; a current schema is only read.
+        with engine.begin() as connection:
+            yield connection
+        return
+    with lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         with engine.begin() as connection:
             yield connection
@@ -186,6 +194,11 @@ class SqlHistory:
         except sa.exc.DBAPIError as error:
             raise RuntimeError(f"the history database ({shown(self.url)}) cannot be used: {reason(error)}") from None
         log.info("history in the database %s", shown(self.url))
+        try:
+            self.check_writable()
+        except AppError as error:
+            log.warning("the history database cannot be written (%s): serving what it holds, refusing changes",
+                        error.code)
 
     def add_image(self, record: dict) -> None:
         """Keep a new image record."""

@@ -56,6 +56,27 @@ def test_replicas_starting_together_migrate_once(database_url, tmp_path):
     store.close()
 
 
+def ask_many(url: str, root: str, worker: int) -> None:
+    store = SqlHistory(url, root)
+    for index in range(25):
+        store.add_question("shared", {"question": f"{worker}-{index}", "answer": "a", "asked_at": "t", "owner": "me"})
+    store.close()
+
+
+def test_processes_asking_at_once_lose_no_question(database_url, tmp_path):
+    store = SqlHistory(database_url, str(tmp_path))
+    store.add_image(image_record("shared"))
+    context = multiprocessing.get_context("spawn")
+    askers = [context.Process(target=ask_many, args=(database_url, str(tmp_path), worker)) for worker in range(4)]
+    for process in askers:
+        process.start()
+    for process in askers:
+        process.join(120)
+    assert [process.exitcode for process in askers] == [0] * 4
+    assert len(store.image("shared")["questions"]) == 100
+    store.close()
+
+
 @pytest.mark.parametrize("value, message", [
     ("mysql://user@host/db", "names a mysql database"),
     ("sqlite://", "names no SQLite file"),

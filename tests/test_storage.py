@@ -161,12 +161,25 @@ def fill(folder, leave: int) -> None:
         file.write(b"\0" * max(0, free - leave))
 
 
-def test_a_full_disk_answers_507_and_stores_nothing(tmp_path, tiny_blip):
-    with mounted(tmp_path / "data", "size=12m") as data, app_process(data, tiny_blip) as (base, _, _):
+# The history as a JSON file, or in SQLite in the same folder: a disk fault is the same error for both.
+STORES = {"json": ({}, "history.json", "HISTORY_FILE"),
+          "sqlite": ({"DATABASE_URL": "sqlite:///{data}/history.db"}, "history.db", "DATABASE_URL")}
+
+
+def store_settings(store: str, data) -> dict:
+    settings, _, _ = STORES[store]
+    return {name: value.format(data=data) for name, value in settings.items()}
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_full_disk_answers_507_and_stores_nothing(tmp_path, tiny_blip, store):
+    _, history_name, _ = STORES[store]
+    with mounted(tmp_path / "data", "size=12m") as data, \
+            app_process(data, tiny_blip, extra=store_settings(store, data)) as (base, _, _):
         session = requests.Session()
         image_id = session.post(base + "/upload", files={"image": ("a.png", image_bytes(), "image/png")},
                                 timeout=60).json()["image_id"]
-        history = (data / "history.json").read_bytes()
+        history = (data / history_name).read_bytes()
         fill(data, leave=1536 * 1024)  # past the 1 MB check before any work, short of a 3 MB upload
         big = session.post(base + "/upload", files={"image": ("big.png", noise_png(1000), "image/png")}, timeout=60)
         assert big.status_code == 507 and big.json()["code"] == "insufficient_storage"
@@ -177,20 +190,23 @@ def test_a_full_disk_answers_507_and_stores_nothing(tmp_path, tiny_blip):
             session.post(base + "/question", json={"image_id": image_id, "question": "full?"}, timeout=60),
         ]:
             assert response.status_code == 507 and response.json()["code"] == "insufficient_storage"
-        assert (data / "history.json").read_bytes() == history
+        assert (data / history_name).read_bytes() == history
         assert not [name for name in os.listdir(data / "uploads") if name.startswith(".incoming-")]
         assert not [name for name in os.listdir(data) if ".tmp-" in name]
         assert session.get(base + "/history", timeout=10).json()["total_images"] == 1
 
 
-def test_a_read_only_data_folder_serves_reads_and_refuses_writes(tmp_path, tiny_blip):
+@pytest.mark.parametrize("store", STORES)
+def test_a_read_only_data_folder_serves_reads_and_refuses_writes(tmp_path, tiny_blip, store):
+    _, _, setting = STORES[store]
     with mounted(tmp_path / "data", "size=16m") as data:
         session = requests.Session()
-        with app_process(data, tiny_blip, "first.log") as (base, _, _):
+        extra = store_settings(store, data)
+        with app_process(data, tiny_blip, "first.log", extra) as (base, _, _):
             body = session.post(base + "/upload", files={"image": ("a.png", image_bytes(), "image/png")},
                                 timeout=60).json()
         subprocess.run(["mount", "-o", "remount,ro", str(data)], check=True)
-        with app_process(data, tiny_blip, "read-only.log") as (base, process, log_path):
+        with app_process(data, tiny_blip, "read-only.log", extra) as (base, process, log_path):
             assert session.get(base + "/history", timeout=10).json()["total_images"] == 1
             assert session.get(base + f"/images/{body['image_id']}", timeout=10).status_code == 200
             assert session.get(base + body["image_url"], timeout=10).content == base64_image(body)
@@ -200,7 +216,7 @@ def test_a_read_only_data_folder_serves_reads_and_refuses_writes(tmp_path, tiny_
             assert "UPLOAD_FOLDER" in refused.json()["error"]
             asked = session.post(base + "/question", json={"image_id": body["image_id"], "question": "q?"},
                                  timeout=60)
-            assert asked.status_code == 503 and "HISTORY_FILE" in asked.json()["error"]
+            assert asked.status_code == 503 and setting in asked.json()["error"]
             assert process.poll() is None
         assert "cannot be written" in open(log_path).read()
 
