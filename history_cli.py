@@ -11,6 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from errors import AppError
 from history import open_store
 
 history = AppGroup("history", help="The history's stores: a JSON file, SQLite or PostgreSQL.")
@@ -39,9 +40,13 @@ def copy(source: str | None, dest: str | None) -> None:
     except (ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
     tally = Tally()
-    counts = writing.merge(tally.count(reading.all_records()))
-    reading.close()
-    writing.close()
+    try:
+        counts = writing.merge(tally.count(reading.all_records()))
+    except AppError as error:  # a database that stopped answering, a full or read-only disk
+        raise click.ClickException(f"{error.message} (nothing more was copied)") from None
+    finally:
+        reading.close()
+        writing.close()
     click.echo(f"copied {tally.kinds['images']} images (with {tally.questions} questions) and "
                f"{tally.kinds['generations']} generations from {described(source)} to {described(dest)}: "
                f"{counts['new']} new, {counts['replaced']} already there (replaced)")
