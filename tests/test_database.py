@@ -1,5 +1,6 @@
 """DATABASE_URL: migrations, the app's answers on SQLite and PostgreSQL, faults, shared key states, history copy."""
 
+import io
 import multiprocessing
 import os
 import re
@@ -96,8 +97,8 @@ def test_a_relative_sqlite_path_is_taken_from_the_app_folder(tmp_path):
 def session_story(client) -> list:
     """Upload, ask, list, delete through the API; the answers without their ids and times."""
     seen = []
-    first = client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")})
-    second = client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes(size=(8, 8))), "b.png"),
+    first = client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "a.png")})
+    second = client.post("/upload", data={"image": (io.BytesIO(image_bytes(size=(8, 8))), "b.png"),
                                           "prompt": "a picture of"})
     image_id = first.get_json()["image_id"]
     for question in ("what is it?", "and the colour?"):
@@ -133,11 +134,11 @@ def test_a_database_that_stops_answering_gives_503_and_keeps_nothing(make_app, d
     try:
         app = make_app(DATABASE_URL=server.create_database(), HF_API_KEYS="hf_downAAAAAAAAAA1111")
         client = app.test_client()
-        assert client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")}
+        assert client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "a.png")}
                            ).status_code == 201
         kept = stored_files(data_dir)
         server.stop()
-        for response in [client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "b.png")}),
+        for response in [client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "b.png")}),
                          client.get("/history")]:
             assert response.status_code == 503 and response.get_json()["code"] == "database_unavailable"
             assert "127.0.0.1" not in response.get_json()["error"]
@@ -151,7 +152,7 @@ def test_a_database_that_stops_answering_gives_503_and_keeps_nothing(make_app, d
 
 def test_an_empty_new_history_keeps_the_stored_files(make_app, database_url, data_dir, caplog):
     client = make_app().test_client()
-    client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")})
+    client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "a.png")})
     files = stored_files(data_dir / "uploads")
     make_app(DATABASE_URL=database_url)  # switched before the copy: nothing may be swept
     assert stored_files(data_dir / "uploads") == files and files
@@ -183,7 +184,7 @@ def test_one_pool_resting_a_key_rests_it_for_every_pool_on_the_database(database
 def test_history_copy_moves_everything_and_again_changes_nothing(make_app, database_url, data_dir):
     app = make_app()
     client = app.test_client()
-    image_id = client.post("/upload", data={"image": (__import__("io").BytesIO(image_bytes()), "a.png")}
+    image_id = client.post("/upload", data={"image": (io.BytesIO(image_bytes()), "a.png")}
                            ).get_json()["image_id"]
     client.post("/question", json={"image_id": image_id, "question": "what is it?"})
     History(app.config["HISTORY_FILE"]).add_generation(generation_record("g"))
