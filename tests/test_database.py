@@ -38,6 +38,17 @@ def test_a_database_from_a_newer_release_is_refused(database_url, tmp_path):
         SqlHistory(database_url, str(tmp_path))
 
 
+def run_together(target, url: str, root: str, count: int, seconds: float) -> list:
+    """target(url, root, index) in count new processes started together; their exit codes."""
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=target, args=(url, root, index)) for index in range(count)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(seconds)
+    return [process.exitcode for process in processes]
+
+
 def open_and_add(url: str, root: str, index: int) -> None:
     store = SqlHistory(url, root)
     store.add_image(image_record(f"from-{index}"))
@@ -45,13 +56,7 @@ def open_and_add(url: str, root: str, index: int) -> None:
 
 
 def test_replicas_starting_together_migrate_once(database_url, tmp_path):
-    context = multiprocessing.get_context("spawn")
-    starting = [context.Process(target=open_and_add, args=(database_url, str(tmp_path), index)) for index in range(4)]
-    for process in starting:
-        process.start()
-    for process in starting:
-        process.join(60)
-    assert [process.exitcode for process in starting] == [0] * 4
+    assert run_together(open_and_add, database_url, str(tmp_path), 4, 60) == [0] * 4
     store = SqlHistory(database_url, str(tmp_path))
     assert store.list("images", "me", 10, 0)[1] == 4
     store.close()
@@ -67,13 +72,7 @@ def ask_many(url: str, root: str, worker: int) -> None:
 def test_processes_asking_at_once_lose_no_question(database_url, tmp_path):
     store = SqlHistory(database_url, str(tmp_path))
     store.add_image(image_record("shared"))
-    context = multiprocessing.get_context("spawn")
-    askers = [context.Process(target=ask_many, args=(database_url, str(tmp_path), worker)) for worker in range(4)]
-    for process in askers:
-        process.start()
-    for process in askers:
-        process.join(120)
-    assert [process.exitcode for process in askers] == [0] * 4
+    assert run_together(ask_many, database_url, str(tmp_path), 4, 120) == [0] * 4
     assert len(store.image("shared")["questions"]) == 100
     store.close()
 
