@@ -82,7 +82,9 @@ def described(target: str) -> str:
         return os.path.normpath(os.path.join(current_app.root_path, target))
     from sqlalchemy import exc, make_url
 
+    from history_sql import shown
+
     try:
-        return make_url(target).render_as_string(hide_password=True)
+        return shown(make_url(target))
     except exc.ArgumentError:  # open_store tells what is wrong with it
         return target
