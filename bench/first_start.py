@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from demo import random_blip  # noqa: E402
-from processes import free_port, stop  # noqa: E402
+from processes import free_port, stop, wait_until_healthy  # noqa: E402
 from report import write_section  # noqa: E402
 
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
@@ -76,18 +76,13 @@ def questions_per_second(paths: dict, workers: int, seconds: float, data: str) -
            "WEB_CONCURRENCY": str(workers), "SECRET_KEY": "bench", "UPLOAD_FOLDER": os.path.join(folder, "u"),
            "GENERATED_FOLDER": os.path.join(folder, "g"), "HISTORY_FILE": os.path.join(folder, "h.json"),
            "VQA_MAX_LENGTH": "5", "CAPTION_MAX_LENGTH": "8", "CAPTION_MIN_LENGTH": "2"}
+    log_path = os.path.join(folder, "log")
     process = subprocess.Popen([GUNICORN, "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads",
                                 "16", "--keep-alive", "75", "app:app"], cwd=ROOT, env=env,
-                               stdout=open(os.path.join(folder, "log"), "w"), stderr=subprocess.STDOUT)
+                               stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(base + "/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.5)
+        wait_until_healthy(process, port, 600, log_path)
         picture = photo()
         ids = [requests.post(base + "/upload", files={"image": ("p.jpg", picture, "image/jpeg")},
                              timeout=600).json()["image_id"] for _ in range(4)]

@@ -17,8 +17,6 @@ import sys
 import tempfile
 import time
 
-import requests
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -26,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from demo import random_blip  # noqa: E402
 from history import open_store  # noqa: E402
 from postgres import ThrowawayPostgres  # noqa: E402
-from processes import free_port, stop  # noqa: E402
+from processes import free_port, stop, wait_until_healthy  # noqa: E402
 from report import write_section  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000)
@@ -108,19 +106,14 @@ def requests_per_second(replica_count: int, database_url: str, models: dict, dat
            "DATABASE_URL": database_url, "SECRET_KEY": "bench", "UPLOAD_FOLDER": os.path.join(data, "u"),
            "GENERATED_FOLDER": os.path.join(data, "g")}
     ports = [free_port() for _ in range(replica_count)]
+    logs = [os.path.join(data, f"replica-{port}.log") for port in ports]
     processes = [subprocess.Popen([GUNICORN, "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads",
                                    "16", "--keep-alive", "75", "app:app"], cwd=ROOT, env=env,
-                                  stdout=open(os.path.join(data, f"replica-{port}.log"), "w"), stderr=subprocess.STDOUT)
-                 for port in ports]
+                                  stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+                 for port, log_path in zip(ports, logs)]
     try:
-        for port in ports:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                        break
-                except requests.RequestException:
-                    time.sleep(0.3)
+        for process, port, log_path in zip(processes, ports, logs):
+            wait_until_healthy(process, port, 300, log_path)
         loads = [subprocess.Popen(["wrk", "-t1", f"-c{CONNECTIONS // replica_count}", f"-d{SECONDS}s",
                                    "-H", f"Cookie: session={session_cookie(f'owner{index}')}",
                                    "-s", wrk_script(data, index), f"http://127.0.0.1:{port}"],

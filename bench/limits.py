@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 
 from demo import random_blip  # noqa: E402
 import settings  # noqa: E402
-from processes import free_port, stop  # noqa: E402
+from processes import free_port, stop, wait_until_healthy  # noqa: E402
 from report import write_section  # noqa: E402
 
 FLOOD_SECONDS = 15
@@ -76,15 +76,8 @@ def app_worker(server: subprocess.Popen) -> int:
 def start(command: list[str], env: dict, port: int, log_path: str) -> subprocess.Popen:
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=open(log_path, "w"),
                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                return process
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the server did not start: see {log_path}")
+    wait_until_healthy(process, port, 120, log_path)
+    return process
 
 
 def upload(base: str, data: bytes, timeout: float = 120) -> requests.Response:

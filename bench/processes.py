@@ -2,6 +2,9 @@
 
 import socket
 import subprocess
+import time
+
+import requests
 
 
 def free_port() -> int:
@@ -18,3 +21,16 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def wait_until_healthy(process: subprocess.Popen, port: int, seconds: float, log_path: str) -> None:
+    """Wait until the server on port answers /healthz with 200; stop the benchmark if it exits or never does."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the server did not start: see {log_path}")
