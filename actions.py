@@ -12,7 +12,6 @@ from typing import Callable
 
 from flask import current_app, session, url_for
 from PIL import Image
-from werkzeug.utils import secure_filename
 
 import field_checks
 import images
@@ -53,7 +52,6 @@ def upload(files, form, gave_up: Callable[[], bool] = bool) -> tuple[dict, image
         raise InvalidInput(f"{len(sent)} files came in the field 'image': send one image per upload",
                            code="too_many_files")
     file = sent[0]
-    images.check_filename(file.filename or "")
     prompt = field_checks.text(form, "prompt", max_length=MAX_PROMPT, required=False)
     service("models").check_caption(prompt)
     storage.check_writable(current_app.config["UPLOAD_FOLDER"], "UPLOAD_FOLDER")
@@ -62,7 +60,7 @@ def upload(files, form, gave_up: Callable[[], bool] = bool) -> tuple[dict, image
     image_id = str(uuid.uuid4())
     record = {
         "image_id": image_id, "owner": owner(), "filename": image_id + stored.extension,
-        "original_name": secure_filename(file.filename or "")[:100] or None, "mime_type": stored.mime_type,
+        "original_name": field_checks.file_name(file), "mime_type": stored.mime_type,
         "prompt": prompt, "caption": caption, "created_at": now(), "questions": [],
     }
     keep("UPLOAD_FOLDER", record["filename"], stored.data, service("history").add_image, record)

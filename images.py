@@ -2,14 +2,18 @@
 
 import functools
 import io
+import logging
 import os
+import struct
 from dataclasses import dataclass
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+import salvage
 from errors import ImageTooLarge, InvalidImage
 
-ALLOWED_EXTENSIONS = {".png", ".jpg", ".jpeg"}
+log = logging.getLogger(__name__)
+
 FORMATS = {"PNG": ("image/png", ".png"), "JPEG": ("image/jpeg", ".jpg")}
 MIME_TYPES = {extension: mime_type for mime_type, extension in FORMATS.values()}
 JPEG_QUALITY = 95
@@ -32,62 +36,133 @@ class Picture:
     file: Encoded
 
 
-def check_filename(filename: str) -> None:
-    """Refuse a file whose name says it is neither PNG nor JPEG."""
-    extension = os.path.splitext(filename)[1].lower()
-    if extension and extension not in ALLOWED_EXTENSIONS:
-        raise InvalidImage(
-            f"'{extension}' files are not accepted: upload a PNG or JPEG image (.png, .jpg, .jpeg)",
-            code="unsupported_file_type",
-        )
+# Formats people send that are not PNG or JPEG, by the signature their files start with.
+SIGNATURES = [
+    (0, b"GIF87a", "GIF"), (0, b"GIF89a", "GIF"), (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"), (0, b"BM", "BMP"), (0, b"%PDF-", "PDF"), (0, b"\xff\x0a", "JPEG XL"),
+    (4, b"JXL \r\n\x87\n", "JPEG XL"), (4, b"jP  \r\n\x87\n", "JPEG 2000"), (0, b"\xffO\xffQ", "JPEG 2000"),
+    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"8BPS", "Photoshop (PSD)"),
+]
+# ISO media files (an ftyp box at 4): the brands that name a picture format.
+ISO_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", **dict.fromkeys(
+    [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"], "HEIC/HEIF")}
+HEAD_BYTES = 1024
+# What Pillow raises on a file it cannot parse or decode (struct.error: a field cut short).
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+# What Pillow's EXIF reader raises on a block that is not EXIF (a Python bytes literal, no TIFF header ...).
+UNREADABLE_EXIF = (*UNREADABLE, KeyError, TypeError, RecursionError)
+
+
+def sniff(head: bytes) -> str | None:
+    """The format a file's first bytes announce: "PNG", "JPEG", another format's name, or None."""
+    if head.startswith(salvage.PNG_SIGNATURE):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[4:8] == b"ftyp":
+        (box_size,) = struct.unpack(">I", head[:4])
+        brands = [head[at : at + 4] for at in range(8, min(box_size, len(head)) - 3, 4)]
+        named = [ISO_BRANDS[brand] for brand in brands if brand in ISO_BRANDS]
+        return "AVIF" if "AVIF" in named else named[0] if named else "ISO media (MP4, MOV ...)"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    found = next((name for offset, magic, name in SIGNATURES if head[offset : offset + len(magic)] == magic), None)
+    if found is None and b"<svg" in head.lstrip(b"\xef\xbb\xbf \t\r\n")[:HEAD_BYTES].lower():
+        return "SVG"
+    return found
 
 
 def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Picture:
-    """Decode a PNG or JPEG judged by its content: first frame, upright, sRGB, re-encoded with its pixels only."""
+    """Decode a PNG or JPEG judged by its content: first frame, upright, sRGB, re-encoded with its pixels only.
+
+    Metadata that cannot be read (a wrong CRC in an ancillary chunk, EXIF that is not EXIF, an unusable
+    profile) is dropped with one warning in the log; the file is refused only when its pixels cannot be
+    decoded. Raises InvalidImage (empty_file, unsupported_image_format, not_an_image, damaged_image) or
+    ImageTooLarge (file_too_large, image_too_large).
+    """
     size = stream.seek(0, os.SEEK_END)
     if size == 0:
         raise InvalidImage("the file is empty: choose the image again and upload it", code="empty_file")
     if max_bytes is not None and size > max_bytes:
         raise too_many_bytes(max_bytes)
     stream.seek(0)
+    image_format = sniff(stream.read(HEAD_BYTES))
+    stream.seek(0)
+    if image_format not in FORMATS:
+        raise unsupported(image_format)
     # Pillow only warns between its own limit and twice that; below the lower of the two
     # limits is the only size accepted, so its warning always ends in a refusal.
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+    notes: list[str] = []
     try:
-        with Image.open(stream, formats=["PNG", "JPEG"]) as image:
-            width, height = image.size
-            if width * height > limit:
-                raise too_many_pixels(limit, f"{width}x{height} pixels")
-            # A multi-picture JPEG (MPO) from a phone is still a JPEG.
-            image_format = "PNG" if image.format == "PNG" else "JPEG"
-            image.seek(0)
-            image.load()
-            # In place: a second full-size copy of a large upload is what memory cannot afford.
-            ImageOps.exif_transpose(image, in_place=True)
-            pixels = to_srgb(image)
-            # Pixels only: no EXIF (GPS), comment, text or profile of the upload reaches the stored file.
-            pixels.info = {}
-    except Image.DecompressionBombError:
-        raise too_many_pixels(limit) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImage(
-            "the file is not a readable PNG or JPEG image (it may be another format, damaged, truncated "
-            "or carry oversized metadata): upload a PNG or JPEG file",
-            code="not_an_image",
-        ) from error
+        pixels = decode(stream, image_format, limit, notes)
+    except UNREADABLE as strict:
+        stream.seek(0)
+        notes.clear()
+        try:
+            salvaged = (salvage.png if image_format == "PNG" else salvage.jpeg)(stream.read())
+            pixels = decode(io.BytesIO(salvaged.data), image_format, limit, notes, salvaged.info)
+        except salvage.Damaged as damage:
+            raise damaged(image_format, str(damage)) from damage
+        except UNREADABLE as error:
+            raise damaged(image_format, "its pixel data is cut short or broken") from error
+        why = "" if isinstance(strict, UnidentifiedImageError) else f" ({strict})"
+        broken = f": {', '.join(dict.fromkeys(salvaged.dropped))}" if salvaged.dropped else ""
+        notes.insert(0, f"a strict read refused it{why}; its pixels were kept and its metadata dropped{broken}")
+    if notes:
+        log.warning("an uploaded %s had unreadable metadata, accepted without it: %s", image_format,
+                    "; ".join(notes))
     return encode(pixels, image_format)
 
 
-def identify(data: bytes) -> tuple[str, str]:
-    """The MIME type and file extension of bytes that decode fully as a PNG or JPEG; InvalidImage if not."""
+def decode(stream, image_format: str, limit: int, notes: list[str], info: dict | None = None) -> Image.Image:
+    """The first frame's pixels, upright and in sRGB, without metadata; notes says what could not be read.
+
+    info: metadata read apart from the file (a salvaged file's profile and EXIF), as Pillow keeps it.
+    """
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
+        # A multi-picture JPEG (MPO) from a phone is still a JPEG: Pillow's JPEG plugin opens both.
+        with Image.open(stream, formats=[image_format]) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise too_many_pixels(limit, f"{width}x{height} pixels")
+            image.seek(0)
             image.load()
-            return FORMATS["PNG" if image.format == "PNG" else "JPEG"]
+            image.info.update(info or {})
+            orient(image, notes)
+            pixels = to_srgb(image, notes)
+            # Pixels only: no EXIF (GPS), comment, text or profile of the upload reaches the stored file.
+            pixels.info = {}
+            return pixels
     except Image.DecompressionBombError:
-        raise too_many_pixels(Image.MAX_IMAGE_PIXELS) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImage("the data is not a readable PNG or JPEG image", code="not_an_image") from error
+        raise too_many_pixels(limit) from None
+
+
+def orient(image: Image.Image, notes: list[str]) -> None:
+    """Turn the image upright by its EXIF orientation, in place; an orientation that cannot be read is absent."""
+    try:
+        # In place: a second full-size copy of a large upload is what memory cannot afford.
+        ImageOps.exif_transpose(image, in_place=True)
+    except UNREADABLE_EXIF as error:
+        notes.append(f"its EXIF could not be read ({type(error).__name__}: {error}), so no orientation was applied")
+
+
+def unsupported(image_format: str | None) -> InvalidImage:
+    """The refusal of a file that is not PNG or JPEG, naming what it is when its signature tells."""
+    if image_format is None:
+        return InvalidImage("the file is not a PNG or JPEG image, nor another image format this server recognises: "
+                            "upload a PNG or JPEG file", code="not_an_image")
+    noun = "document" if image_format == "PDF" else "file" if image_format.startswith("ISO") else "image"
+    return InvalidImage(f"the file is a {image_format} {noun}, and only PNG and JPEG images can be read here: "
+                        "convert it to PNG or JPEG (any image viewer's Save As or Export does) and upload that",
+                        code="unsupported_image_format")
+
+
+def damaged(image_format: str, why: str) -> InvalidImage:
+    """The refusal of a PNG or JPEG whose pixel data is missing or broken."""
+    return InvalidImage(f"the file is a {image_format} image, but {why}, so its pixels cannot be decoded: "
+                        "it may be damaged or only partly downloaded; save or export it again and upload that",
+                        code="damaged_image")
 
 
 def too_many_bytes(limit: int) -> ImageTooLarge:
@@ -110,8 +185,13 @@ def srgb() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-def to_srgb(image: Image.Image) -> Image.Image:
-    """8-bit sRGB: colours converted through the image's own ICC profile, when it has a usable one."""
+def to_srgb(image: Image.Image, notes: list[str]) -> Image.Image:
+    """8-bit sRGB: colours converted through the image's own ICC profile, when it has a usable one.
+
+    Without one the pixels are taken to be sRGB already; notes says when a profile could not be used.
+    """
+    if not image.info.get("icc_profile"):
+        return to_rgb(image)
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
         space = profile.profile.xcolor_space.strip()
@@ -119,8 +199,8 @@ def to_srgb(image: Image.Image) -> Image.Image:
             return ImageCms.profileToProfile(image, profile, srgb(), outputMode="RGB")
         if space == "RGB":
             return ImageCms.profileToProfile(to_rgb(image), profile, srgb(), outputMode="RGB")
-    except (KeyError, TypeError, OSError, ImageCms.PyCMSError):
-        pass  # no profile, or one that cannot be used: the pixels are taken to be sRGB already
+    except (TypeError, OSError, ImageCms.PyCMSError) as error:
+        notes.append(f"its ICC profile could not be used ({error}), so its colours were taken as sRGB")
     return to_rgb(image)
 
 

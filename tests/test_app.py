@@ -29,7 +29,7 @@ def test_upload_captions_and_stores_the_image(client, app, data_dir):
     assert set(body) >= {"image_id", "caption", "image", "mime_type", "image_url", "created_at"}
     assert isinstance(body["caption"], str)
     assert body["mime_type"] == "image/jpeg"
-    assert body["original_name"] == "My_Photo.jpg"
+    assert body["original_name"] == "My Photo.jpg"
     stored = data_dir / "uploads" / f"{body['image_id']}.jpg"
     assert base64.b64decode(body["image"]) == stored.read_bytes()
     assert Image.open(stored).size == (64, 40)
@@ -129,9 +129,9 @@ def big_header_png():
     "data, name, status, code",
     [
         (b"hello, I am text", "fake.png", 400, "not_an_image"),
-        (image_bytes("GIF", "P"), "anim.gif", 400, "unsupported_file_type"),
-        (image_bytes("GIF", "P"), "anim.png", 400, "not_an_image"),
-        (image_bytes("PNG", size=(64, 64))[:-40], "cut.png", 400, "not_an_image"),
+        (image_bytes("GIF", "P"), "anim.gif", 400, "unsupported_image_format"),
+        (image_bytes("GIF", "P"), "anim.png", 400, "unsupported_image_format"),
+        (image_bytes("PNG", size=(64, 64))[:-40], "cut.png", 400, "damaged_image"),
         (b"", "empty.png", 400, "empty_file"),
         (big_header_png(), "huge.png", 413, "image_too_large"),
         (b"\x89PNG" + b"\0" * (17 * 1024 * 1024), "big.png", 413, "file_too_large"),

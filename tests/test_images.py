@@ -86,19 +86,19 @@ def test_first_frame_of_an_animated_png():
 
 
 @pytest.mark.parametrize(
-    "data",
+    "data, code",
     [
-        b"just some text, not an image",
-        image_bytes("GIF", "P"),
-        image_bytes("BMP", "RGB"),
-        image_bytes("PNG", "RGB", (64, 64))[:-40],
+        (b"just some text, not an image", "not_an_image"),
+        (image_bytes("GIF", "P"), "unsupported_image_format"),
+        (image_bytes("BMP", "RGB"), "unsupported_image_format"),
+        (image_bytes("PNG", "RGB", (64, 64))[:-40], "damaged_image"),
     ],
     ids=["text", "gif", "bmp", "truncated-png"],
 )
-def test_not_a_png_or_jpeg_is_refused(data):
+def test_not_a_png_or_jpeg_is_refused(data, code):
     with pytest.raises(InvalidImage) as refused:
         images.read_image(io.BytesIO(data), max_pixels=LIMIT)
-    assert refused.value.code == "not_an_image"
+    assert refused.value.code == code
 
 
 @pytest.mark.parametrize("width, height", [(20000, 20000), (8000, 6000)])
@@ -108,28 +108,9 @@ def test_too_many_pixels_is_refused_before_decoding(width, height):
     assert refused.value.code == "image_too_large"
 
 
-@pytest.mark.parametrize("name", ["photo.gif", "notes.txt", "x.PNG.exe"])
-def test_other_extensions_are_refused(name):
-    with pytest.raises(InvalidImage):
-        images.check_filename(name)
-
-
-@pytest.mark.parametrize("name", ["a.png", "b.JPG", "c.jpeg", "blob"])
-def test_png_and_jpeg_names_pass(name):
-    images.check_filename(name)
-
-
 def test_a_file_over_the_byte_limit_is_refused():
     data = image_bytes("PNG", size=(200, 200))
     with pytest.raises(ImageTooLarge) as refused:
         images.read_image(io.BytesIO(data), max_pixels=LIMIT, max_bytes=len(data) - 1)
     assert refused.value.code == "file_too_large"
     assert images.read_image(io.BytesIO(data), max_pixels=LIMIT, max_bytes=len(data)).pixels.size == (200, 200)
-
-
-def test_identify_names_png_and_jpeg_and_refuses_the_rest():
-    assert images.identify(image_bytes("PNG")) == ("image/png", ".png")
-    assert images.identify(image_bytes("JPEG")) == ("image/jpeg", ".jpg")
-    for data in (image_bytes("PNG", size=(64, 64))[:-40], image_bytes("GIF", "P"), b"<html></html>"):
-        with pytest.raises(InvalidImage):
-            images.identify(data)

@@ -1,0 +1,167 @@
+"""Pixels-only copies of PNG and JPEG files whose metadata a strict parser refuses.
+
+Browsers show a PNG whose pixel-density chunk has a wrong CRC, or a JPEG whose EXIF is not EXIF,
+because the formats let a decoder drop what it cannot use: the PNG specification (W3C PNG, 3rd
+edition, 13.1 "Error handling") has a decoder ignore an ancillary chunk with a CRC error and refuse
+a critical one, and JPEG's APPn and COM segments (ITU T.81, B.2.4.5 and B.2.4.6) are for
+applications, never needed to decode. These functions copy what decodes the pixels and nothing
+else; the colour profile and the EXIF block are handed back beside the copy when they can be read,
+so that colours and orientation survive. Damage to the pixels' own parts raises Damaged.
+"""
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The chunks that make the pixels: the header, palette and data, and tRNS (transparency is pixels too).
+PNG_PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS"}
+PNG_END = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+MAX_PROFILE_BYTES = 4 * 2**20  # far above any real ICC profile; a larger one is a zlib bomb, not colours
+
+# JPEG segments kept: what decodes the pixels, with JFIF and Adobe's APP14 (its colour transform
+# tells libjpeg how to read three- and four-channel data).
+JPEG_START, JPEG_END, JPEG_SCAN, JPEG_COMMENT = 0xD8, 0xD9, 0xDA, 0xFE
+JPEG_APP0, JPEG_APP1, JPEG_APP2, JPEG_APP14 = 0xE0, 0xE1, 0xE2, 0xEE
+JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
+EXIF_HEADER = b"Exif\x00\x00"
+ICC_HEADER = b"ICC_PROFILE\x00"
+
+
+class Damaged(Exception):
+    """The parts of the file that make its pixels are missing or broken; the message says which."""
+
+
+@dataclass
+class Salvaged:
+    """A pixels-only file, what of its metadata could be read (for Pillow's image.info), and what was broken."""
+
+    data: bytes
+    info: dict = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
+def png(data: bytes) -> Salvaged:
+    """A PNG with only its pixel chunks; its iCCP profile and eXIf block in info when they can be read.
+
+    Raises Damaged when IHDR, PLTE or IEND has a wrong CRC, a critical chunk is one no decoder knows
+    (Apple's CgBI, say), or there is no IDAT. IDAT's CRC is left to its zlib stream's own checksum.
+    """
+    kept, salvaged, position = [PNG_SIGNATURE], Salvaged(b""), len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        body = data[position + 8 : position + 8 + length]
+        end = position + 12 + length
+        name = kind.decode("latin-1")
+        if end > len(data):
+            if kind == b"IDAT":
+                raise Damaged("its image data is cut short")
+            salvaged.dropped.append(f"{name} (cut short)")
+            break
+        intact = struct.unpack_from(">I", data, end - 4)[0] == zlib.crc32(kind + body)
+        critical = not kind[0] & 0x20
+        if critical and kind not in PNG_PIXEL_CHUNKS:
+            raise Damaged(f"it has a critical chunk no decoder reads ({name!r})")
+        if critical and kind != b"IDAT" and not intact:
+            raise Damaged(f"its {name} chunk is damaged (wrong CRC)")
+        if not intact:
+            salvaged.dropped.append(f"{name} (wrong CRC)")
+        elif kind in PNG_PIXEL_CHUNKS:
+            kept.append(data[position:end])
+            if kind == b"IEND":
+                break
+        elif kind == b"iCCP":
+            read_png_profile(body, salvaged)
+        elif kind == b"eXIf":
+            salvaged.info["exif"] = EXIF_HEADER + body
+        position = end
+    if not any(chunk[4:8] == b"IDAT" for chunk in kept[1:]):
+        raise Damaged("it has no image data (no IDAT chunk)")
+    if kept[-1][4:8] != b"IEND":
+        kept.append(PNG_END)  # the pixels may all be there; the decoder says whether they are
+    salvaged.data = b"".join(kept)
+    return salvaged
+
+
+def read_png_profile(body: bytes, salvaged: Salvaged) -> None:
+    """An iCCP chunk's profile into salvaged.info, or a note of why it was dropped."""
+    name_end = body.find(b"\x00")
+    if name_end < 0 or body[name_end + 1 : name_end + 2] != b"\x00":  # 0 is the only compression method
+        salvaged.dropped.append("iCCP (not a zlib-compressed profile)")
+        return
+    inflater = zlib.decompressobj()
+    try:
+        profile = inflater.decompress(body[name_end + 2 :], MAX_PROFILE_BYTES)
+    except zlib.error:
+        salvaged.dropped.append("iCCP (damaged compressed data)")
+        return
+    if inflater.unconsumed_tail:
+        salvaged.dropped.append(f"iCCP (over {MAX_PROFILE_BYTES // 2**20} MB)")
+        return
+    salvaged.info["icc_profile"] = profile
+
+
+def jpeg(data: bytes) -> Salvaged:
+    """A JPEG without its APPn and COM segments (JFIF's and Adobe's kept); ICC profile and EXIF in info.
+
+    Raises Damaged when a segment before the scan is cut short or the file ends before its scan.
+    """
+    kept, salvaged, position = [data[:2]], Salvaged(b""), 2
+    profile_parts: dict[int, bytes] = {}
+    while position < len(data):
+        if data[position] != 0xFF:
+            position += 1  # stray bytes between segments: libjpeg skips them too, with a warning
+            continue
+        marker = data[position + 1] if position + 1 < len(data) else None
+        if marker is None or marker == 0xFF:
+            position += 1  # fill bytes before a marker
+            continue
+        if marker in (0x00, JPEG_START):
+            position += 2  # not a segment here: skipped, as libjpeg skips it
+            continue
+        if marker == JPEG_END:
+            raise Damaged("it ends before its image data")
+        if marker == JPEG_SCAN:
+            kept.append(data[position:])  # the entropy-coded data and every later segment, as they are
+            break
+        if marker in JPEG_STANDALONE:
+            kept.append(data[position : position + 2])
+            position += 2
+            continue
+        if position + 4 > len(data):
+            raise Damaged("it ends before its image data")
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        end = position + 2 + length
+        if length < 2 or end > len(data):
+            raise Damaged("it is cut short before its image data")
+        body = data[position + 4 : end]
+        if keeps_segment(marker, body):
+            kept.append(data[position:end])
+        elif marker == JPEG_APP1 and body.startswith(EXIF_HEADER) and "exif" not in salvaged.info:
+            salvaged.info["exif"] = body
+        elif marker == JPEG_APP2 and body.startswith(ICC_HEADER) and len(body) > len(ICC_HEADER) + 2:
+            sequence = body[len(ICC_HEADER)]
+            profile_parts[sequence] = body[len(ICC_HEADER) + 2 :]
+        elif marker in (JPEG_APP0, JPEG_APP14) and body.startswith((b"JFIF\x00", b"Adobe")):
+            salvaged.dropped.append(f"its {body[:5].rstrip(bytes(1)).decode()} header (cut short)")
+        elif not (JPEG_APP0 <= marker <= 0xEF or marker == JPEG_COMMENT):
+            kept.append(data[position:end])  # tables, frame header, restart interval: the decoder's own
+        position = end
+    else:
+        raise Damaged("it ends before its image data")
+    if profile_parts:
+        if sorted(profile_parts) == list(range(1, len(profile_parts) + 1)):
+            salvaged.info["icc_profile"] = b"".join(profile_parts[n] for n in sorted(profile_parts))
+        else:
+            salvaged.dropped.append("ICC profile (parts missing)")
+    salvaged.data = b"".join(kept)
+    return salvaged
+
+
+def keeps_segment(marker: int, body: bytes) -> bool:
+    """Whether an application segment stays: a whole JFIF header or Adobe's colour transform."""
+    if marker == JPEG_APP0:
+        return body.startswith(b"JFIF\x00") and len(body) >= 14
+    if marker == JPEG_APP14:
+        return body.startswith(b"Adobe") and len(body) >= 12
+    return False
