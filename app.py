@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 import images
 import settings
 import storage
-from errors import AppError
+from errors import AppError, SettingError
 from hf_client import HFClient
 from keys import read_keys
 import history_cli
@@ -33,10 +33,20 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 
+# How a start stopped by a setting exits: gunicorn's "App failed to load" (its Arbiter.APP_LOAD_ERROR), so that
+# its master stops instead of starting the worker again and again; any non-zero status for the other servers.
+SETTING_EXIT_STATUS = 4
+
 HTTP_ERRORS = {
     400: ("bad_request", "the request could not be read: check its fields and body"),
     404: ("not_found", "there is nothing at this address: check the URL"),
     405: ("method_not_allowed", "this address does not take that method: see the README for the API"),
+    414: ("uri_too_long", f"the address is longer than {settings.MAX_HEADER_BYTES // 1024} KB: shorten its query, "
+                          "or send the data in a request's body"),
+    431: ("headers_too_large", f"the request's headers are too large ({settings.MAX_HEADER_BYTES // 1024} KB at "
+                               "most), often because of the cookies that other apps on this host name left in the "
+                               "browser: delete those cookies (or open this app at 127.0.0.1 rather than localhost), "
+                               "or send fewer or smaller headers"),
 }
 
 
@@ -73,7 +83,12 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
 
 
 def start_services(app: Flask, captioner, answerer, hf_client) -> None:
-    """The models, the history, the inference client; and the sweep of what a crash left."""
+    """The history, the models, the inference client; and the sweep of what a crash left.
+
+    The history comes first: a setting that stops the start stops it before minutes of loading models.
+    """
+    history = open_store(app.config["DATABASE_URL"] or app.config["HISTORY_FILE"], app.root_path)
+    app.extensions["history"] = history
     if captioner is None or answerer is None:
         loaded_captioner, loaded_answerer = load_models(app.config, captioner is None, answerer is None)
         captioner = captioner or loaded_captioner
@@ -85,8 +100,6 @@ def start_services(app: Flask, captioner, answerer, hf_client) -> None:
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000, max_queue=app.config["MAX_QUEUE"],
         max_background=app.config["MAX_BACKGROUND"], timeout=app.config["MODEL_TIMEOUT"])
     app.extensions["decoding"] = threading.BoundedSemaphore(app.config["MAX_DECODES"])
-    history = open_store(app.config["DATABASE_URL"] or app.config["HISTORY_FILE"], app.root_path)
-    app.extensions["history"] = history
     app.extensions["hf_client"] = hf_client or build_hf_client(app.config, history.key_states())
     # An empty history keeps every stored file: it may be a new store the old one was not copied to yet.
     storage.sweep(app.config["UPLOAD_FOLDER"], [app.config["UPLOAD_FOLDER"], app.config["GENERATED_FOLDER"]],
@@ -199,6 +212,7 @@ def instance_secret_key(instance_path: str) -> str:
             pass
         finally:
             os.unlink(temporary)
+    storage.check_readable(path, "the session key file", instead="set SECRET_KEY")
     with open(path, encoding="ascii") as file:
         return file.read().strip()
 
@@ -229,7 +243,18 @@ def register_errors(app: Flask) -> None:
 
 
 def register_security(app: Flask) -> None:
-    """Answer only trusted host names; refuse cross-site posts; send the security headers with every response."""
+    """Bound the request's head; answer only trusted host names; refuse cross-site posts; send the security headers."""
+
+    @app.before_request
+    def head_within_limits():
+        # One boundary, the app's: serve.py's nginx and gunicorn pass on more than this, so that past it the answer
+        # is this JSON that says what to do, not their bare 400 or HTML page (werkzeug passes on up to 100 fields).
+        limit = settings.MAX_HEADER_BYTES
+        if sum(len(name) + len(value) + 4 for name, value in request.headers.items()) > limit:
+            return error_response(431, *HTTP_ERRORS[431])
+        if len(request.environ.get("RAW_URI") or request.full_path) > limit:
+            return error_response(414, *HTTP_ERRORS[414])
+        return None
 
     @app.before_request
     def trusted_hosts_only():
@@ -282,7 +307,11 @@ def __getattr__(name: str):
     # PEP 562: `gunicorn app:app` asks for app.app; build it, models loaded, on that first use.
     if name == "app":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        globals()["app"] = create_app(services=serving())
+        try:
+            globals()["app"] = create_app(services=serving())
+        except SettingError as error:
+            log.error("cannot start: %s", error)
+            raise SystemExit(SETTING_EXIT_STATUS) from None
         return globals()["app"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -1,6 +1,10 @@
 """Domain errors shared by the rooms; app.py maps each to its JSON response once."""
 
 
+class SettingError(ValueError):
+    """A setting names something the app cannot use: the start stops, saying so in one line with the fix."""
+
+
 class AppError(Exception):
     """An error the user can act on: an HTTP status, a stable code and a message."""
 
@@ -104,6 +108,13 @@ class StorageReadOnly(AppError):
 
     status = 503
     code = "storage_read_only"
+
+
+class StorageUnreadable(AppError):
+    """A data file the app needs cannot be read (its permissions changed under the running app)."""
+
+    status = 503
+    code = "storage_unreadable"
 
 
 class DatabaseUnavailable(AppError):

@@ -16,8 +16,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from errors import AppError, NotFound, NotOwner
-from storage import check_writable, faults_told, replace_file
+from errors import AppError, NotFound, NotOwner, StorageUnreadable
+from storage import check_readable, check_writable, faults_told, replace_file
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class History:
     """Images with their questions, and generations, keyed by id in insertion order."""
 
     def __init__(self, path: str):
+        """Open the history at path; SettingError when the file exists but this process may not read it."""
+        check_readable(path, "HISTORY_FILE")
         self.path = os.path.abspath(path)
         self.folder = os.path.dirname(self.path)
         self.temporary_prefix = f".{os.path.basename(self.path)}.tmp-"
@@ -202,6 +204,8 @@ class History:
             stamp = file_stamp(os.stat(self.path))
         except FileNotFoundError:
             return empty()
+        except PermissionError as error:
+            raise self._forbidden(error) from None
         cached_stamp, data, _ = self._cache
         if stamp == cached_stamp:
             return data
@@ -209,6 +213,8 @@ class History:
             with open(self.path, encoding="utf-8") as file:
                 stamp = file_stamp(os.fstat(file.fileno()))
                 valid, malformed = split_records(json.load(file))
+        except PermissionError as error:
+            raise self._forbidden(error) from None
         except UNREADABLE as error:
             if stamp != self._unreadable:
                 self._unreadable = stamp
@@ -222,6 +228,12 @@ class History:
                         "next change", self.path, ", ".join(f"{n} {kind}" for kind, n in counts.items()))
         self._cache = (stamp, valid, malformed)
         return valid
+
+    def _forbidden(self, error: OSError) -> StorageUnreadable:
+        """The refusal while the file's permissions, changed under the running app, forbid reading it."""
+        log.error("history file %s cannot be read (%s): answering 503 until it can", self.path, error.strerror)
+        return StorageUnreadable("the history cannot be read on the server (permission denied): try again later; "
+                                 "the server's owner must make HISTORY_FILE readable again")
 
     def _change(self, change):
         """Read the newest file, apply change, write the result back; all under the lock."""

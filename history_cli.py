@@ -11,7 +11,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from errors import AppError
+from errors import AppError, SettingError
 from history import open_store
 
 history = AppGroup("history", help="The history's stores: a JSON file, SQLite or PostgreSQL.")
@@ -37,7 +37,7 @@ def copy(source: str | None, dest: str | None) -> None:
         raise click.UsageError("SOURCE and DEST are the same store")
     try:
         reading, writing = open_store(source, current_app.root_path), open_store(dest, current_app.root_path)
-    except (ValueError, RuntimeError) as error:
+    except SettingError as error:
         raise click.ClickException(str(error)) from None
     tally = Tally()
     try:

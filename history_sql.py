@@ -17,8 +17,9 @@ from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 
-from errors import AppError, DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner, StorageReadOnly
-from storage import NOT_WRITABLE, check_writable
+from errors import (AppError, DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner, SettingError,
+                    StorageReadOnly)
+from storage import NOT_WRITABLE, check_readable, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ FIELDS = {
 QUESTION_FIELDS = ("question", "answer", "asked_at", "owner")
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(SettingError):
     """The database was upgraded by a newer release of the app than this one."""
 
 
@@ -93,17 +94,17 @@ def database_url(value: str, root: str) -> sa.URL:
     try:
         url = sa.make_url(value)
     except sa.exc.ArgumentError:
-        raise ValueError("DATABASE_URL is not a database URL: use sqlite:///history.db or "
+        raise SettingError("DATABASE_URL is not a database URL: use sqlite:///history.db or "
                          "postgresql://user@host/database") from None
     backend = url.get_backend_name()
     if backend in ("postgresql", "postgres"):
         return url.set(drivername="postgresql+psycopg")
     if backend == "sqlite":
         if not url.database or url.database == ":memory:":
-            raise ValueError("DATABASE_URL names no SQLite file: use sqlite:///history.db (a file, so that the "
+            raise SettingError("DATABASE_URL names no SQLite file: use sqlite:///history.db (a file, so that the "
                              "history outlives the process)")
         return url.set(database=os.path.join(root, os.path.expanduser(url.database)))
-    raise ValueError(f"DATABASE_URL names a {backend} database: use sqlite:///... or postgresql://...")
+    raise SettingError(f"DATABASE_URL names a {backend} database: use sqlite:///... or postgresql://...")
 
 
 def make_engine(url: sa.URL) -> sa.Engine:
@@ -188,11 +189,15 @@ class SqlHistory:
 
     def __init__(self, url: str, root: str = "."):
         self.url = database_url(url, root)
+        if self.url.get_backend_name() == "sqlite":
+            check_readable(self.url.database, "DATABASE_URL's SQLite file",
+                           instead="point DATABASE_URL at another file")
         self.engine = make_engine(self.url)
         try:
             migrate(self.engine)
         except sa.exc.DBAPIError as error:
-            raise RuntimeError(f"the history database ({shown(self.url)}) cannot be used: {reason(error)}") from None
+            raise SettingError(f"the history database ({shown(self.url)}) cannot be used: {reason(error)}: check "
+                               "DATABASE_URL, and that the database is up and this process may use it") from None
         log.info("history in the database %s", shown(self.url))
         try:
             self.check_writable()

@@ -2,6 +2,8 @@
 
 import os
 
+from errors import SettingError
+
 DEFAULTS = {
     "CAPTION_MODEL": "Salesforce/blip-image-captioning-base",
     "VQA_MODEL": "Salesforce/blip-vqa-base",
@@ -25,7 +27,7 @@ DEFAULTS = {
     "HF_API_KEYS_FILE": "",
     "HF_PROVIDER": "auto",
     "HF_ROUTER_URL": "https://router.huggingface.co",
-    "SD_MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
+    "SD_MODEL": "black-forest-labs/FLUX.1-schnell",
     "HF_TIMEOUT": 120,
     "HF_DEADLINE": 240,
     "HF_MAX_TRIES": 3,
@@ -49,6 +51,13 @@ RETIRED = {
                         "(default auto) and, for a proxy, HF_ROUTER_URL",
 }
 
+# The most a request's header fields may weigh, as the app receives them: each "Name: value\r\n" counted in bytes
+# (a field sent several times counts once, its values joined by commas, as WSGI joins them; behind serve.py's
+# nginx, with the X-Forwarded-For it adds). Neither the request line nor the blank line ending the head counts;
+# the request target (path and query) has the same limit of its own. On localhost a browser sends the cookies of
+# every local app: ~10 KB of Cookie is common. serve.py sizes nginx and gunicorn to pass on everything up to it.
+MAX_HEADER_BYTES = 32 * 1024
+
 DEMO_NOTICE = "demo models with random weights: captions and answers are meaningless"
 
 TRUE = {"1", "true", "yes", "on"}
@@ -59,7 +68,7 @@ def from_environment(environ) -> dict:
     """The settings the environment sets, converted to their defaults' types."""
     for name, instead in RETIRED.items():
         if name in environ:
-            raise ValueError(f"{name} is no longer read: {instead}")
+            raise SettingError(f"{name} is no longer read: {instead}")
     found = {}
     for name, default in DEFAULTS.items():
         if name not in environ:
@@ -67,13 +76,13 @@ def from_environment(environ) -> dict:
         raw = environ[name].strip()
         if isinstance(default, bool):
             if raw.lower() not in TRUE | FALSE:
-                raise ValueError(f"{name}={raw!r}: use 1 or 0")
+                raise SettingError(f"{name}={raw!r}: use 1 or 0")
             found[name] = raw.lower() in TRUE
         elif isinstance(default, int):
             try:
                 found[name] = int(raw)
             except ValueError:
-                raise ValueError(f"{name}={raw!r}: use a whole number") from None
+                raise SettingError(f"{name}={raw!r}: use a whole number") from None
         else:
             found[name] = raw
     return found

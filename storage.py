@@ -11,11 +11,12 @@ import errno
 import fcntl
 import logging
 import os
+import pwd
 import re
 import tempfile
 from contextlib import contextmanager
 
-from errors import AppError, InsufficientStorage, StorageReadOnly
+from errors import AppError, InsufficientStorage, SettingError, StorageReadOnly
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,27 @@ def faults_told(setting: str, path: str):
             raise
         log.error("cannot write %s (%s): %s", path, setting, error.strerror)
         raise problem from error
+
+
+def check_readable(path: str, setting: str, instead: str = "") -> None:
+    """Stop the start when a data file the setting names exists but this process may not read it.
+
+    Raises SettingError naming the setting, the path, the reason and the fix (or `instead`, another
+    one); a missing file is fine.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        instead = instead or f"set {setting} to another path"
+        if isinstance(error, IsADirectoryError):
+            raise SettingError(f"{setting} {path} is a folder, not a file: {instead}") from None
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        raise SettingError(f"{setting} {path} cannot be read ({error.strerror}): give the user the app runs as "
+                           f"({user}) read and write access to it and its folder (chown or chmod), or {instead}"
+                           ) from None
 
 
 def check_writable(folder: str, setting: str) -> None:
