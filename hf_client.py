@@ -2,9 +2,9 @@
 
 huggingface_hub's InferenceClient speaks each provider's protocol (hf-inference, fal-ai, together,
 replicate, nscale, wavespeed ...). What is the app's own stays here: which provider serves SD_MODEL,
-the key pool and its states, the deadline and retries, errors a person can act on, and the image
-as it is kept: a PNG that carries how it was made. No Flask inside. Keys never leave the key pool:
-every message from upstream is redacted before it is used.
+what a known model cannot use, the key pool and its states, the deadline and retries, errors a person
+can act on, and the image as it is kept: a PNG that carries how it was made. No Flask inside. Keys
+never leave the key pool: every message from upstream is redacted before it is used.
 """
 
 import functools
@@ -28,7 +28,7 @@ from huggingface_hub.utils import parse_ratelimit_headers
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 import images
-from errors import ModelNotServed, UpstreamError, UpstreamRejected, UpstreamTimeout
+from errors import InvalidInput, ModelNotServed, SettingError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from keys import Key, KeyPool, SharedStates
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 ROUTER = "https://router.huggingface.co"
 TASK = "text-to-image"
 IMAGE_PROVIDERS = sorted(name for name, tasks in PROVIDERS.items() if TASK in tasks)
-# A model that providers serve for text-to-image, offered when SD_MODEL is served by none.
-SUGGESTED_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# A model that providers serve for text-to-image (not gated, Apache-2.0), offered when SD_MODEL is served by none.
+SUGGESTED_MODEL = "black-forest-labs/FLUX.1-schnell"
 MAX_PIXELS = 4096 * 4096
 CREDIT_WORDS = re.compile(r"credit|balance|quota|exceeded your monthly|payment", re.IGNORECASE)
 INVALID_TOKEN = re.compile(r"invalid (?:user |api )?(?:token|credentials)|token (?:is )?(?:invalid|expired)|"
@@ -82,6 +82,26 @@ def install_client_factory() -> None:
 
 
 @dataclass(frozen=True)
+class ModelLimits:
+    """What a known model cannot use: parameters it ignores, and the inference steps every provider of it takes."""
+
+    ignores: tuple[str, ...]
+    steps: tuple[int, int]
+    why: str
+
+
+# Read from the models' cards and their providers' documentation (the README names them). A parameter a model
+# ignores is refused rather than recorded as if it had had an effect; a step count outside what every documented
+# provider of the model takes is refused too, before any paid call.
+MODEL_LIMITS = {
+    "black-forest-labs/FLUX.1-schnell": ModelLimits(
+        ignores=("guidance_scale", "negative_prompt"), steps=(1, 4),
+        why="it is timestep-distilled: 1 to 4 steps, and no classifier-free guidance, so no guidance scale "
+            "and no negative prompt"),
+}
+
+
+@dataclass(frozen=True)
 class Generated:
     """A generated image as it is kept, and the provider that made it."""
 
@@ -97,9 +117,10 @@ class HFClient:
                  timeout: float = 120.0, deadline: float = 240.0, max_tries: int = 3,
                  exhausted_cooldown: float = 3600.0, key_states: SharedStates | None = None):
         if provider != "auto" and provider not in IMAGE_PROVIDERS:
-            raise ValueError(f"HF_PROVIDER={provider!r}: use auto or one of {', '.join(IMAGE_PROVIDERS)}")
+            raise SettingError(f"HF_PROVIDER={provider!r}: use auto or one of {', '.join(IMAGE_PROVIDERS)}")
         self.pool = KeyPool(keys, clock, exhausted_cooldown, shared=key_states)
         self.model, self.provider = model, provider
+        self.limits = next((limits for name, limits in MODEL_LIMITS.items() if name.lower() == model.lower()), None)
         self.clock, self.sleep = clock, sleep
         self.timeout, self.deadline, self.max_tries = timeout, deadline, max_tries
         self.providers: list[dict] | None = None  # the hub's answer: who serves the model, and how they are
@@ -146,6 +167,9 @@ class HFClient:
 
     def generate(self, description: str, parameters: dict) -> Generated:
         """An image for the description; the errors say whose fault a failure was."""
+        # What can be known here is checked before the first call to the hub or a provider.
+        self.check_parameters(parameters)
+        self.pool.check()
         provider = self._pick_provider()
         give_up_at = self.clock() + self.deadline
         failures = 0  # failures that were not a key's fault
@@ -165,7 +189,7 @@ class HFClient:
                     router_url.reset(routed)
                 kept = self._keep(picture, description, parameters, provider)
             except HfHubHTTPError as error:
-                problem = self._judge(key, error)
+                problem = self._judge(key, error, provider)
                 if problem is None:
                     continue  # the key's own failure: the next key, at once
                 loading = loading_time(error.response)
@@ -197,6 +221,21 @@ class HFClient:
                 raise problem
             self.sleep(pause)
 
+    def check_parameters(self, parameters: dict) -> None:
+        """Refuse, with a 400 naming the field, a parameter SD_MODEL ignores or a step count it does not take."""
+        if self.limits is None:
+            return
+        for name in self.limits.ignores:
+            if name in parameters:
+                raise InvalidInput(f"'{name}' has no effect on SD_MODEL '{self.model}' ({self.limits.why}): "
+                                   "leave it out", code=f"invalid_{name}")
+        low, high = self.limits.steps
+        steps = parameters.get("num_inference_steps")
+        if steps is not None and not low <= steps <= high:
+            raise InvalidInput(f"'num_inference_steps' is {steps}, but SD_MODEL '{self.model}' takes {low} to {high} "
+                               f"({self.limits.why}): send one of those, or leave it out for the provider's default",
+                               code="invalid_num_inference_steps")
+
     def _pick_provider(self) -> str:
         """HF_PROVIDER, or for auto the first provider the hub maps the model to that is live (else any)."""
         if self.provider != "auto":
@@ -215,14 +254,23 @@ class HFClient:
     def _usable(self) -> list[dict]:
         return [p for p in self.providers or [] if p["supported"]]
 
-    def _not_served(self, provider: str | None = None) -> ModelNotServed:
-        serving = ", ".join(p["provider"] for p in self._usable())
-        by = f"by the provider {provider}" if provider else "by any inference provider"
-        hint = (f"set HF_PROVIDER to one that serves it ({serving}) or auto" if serving and provider
-                else f"choose an SD_MODEL that providers serve, e.g. {SUGGESTED_MODEL}")
-        return ModelNotServed(f"SD_MODEL '{self.model}' is not served {by} for text-to-image: {hint}")
+    def _not_served(self, provider: str | None = None, gone: str | None = None) -> ModelNotServed:
+        """The model is served by no provider, not by the one named, or (gone: a 410's message) no longer by it."""
+        others = [p["provider"] for p in self._usable() if p["provider"] != provider]
+        if gone is not None:
+            what = f"is no longer served by the provider {provider} (410 Gone: {gone})"
+        else:
+            what = f"is not served by {f'the provider {provider}' if provider else 'any inference provider'}"
+        if provider and others:
+            # After a 410, auto is no way out: it would pick the same provider again.
+            hint = f"set HF_PROVIDER to one that serves it ({', '.join(others)})" + ("" if gone else " or auto")
+        elif self.model.lower() == SUGGESTED_MODEL.lower():
+            hint = "choose another SD_MODEL that providers serve (its page on huggingface.co lists them)"
+        else:
+            hint = f"choose an SD_MODEL that providers serve, e.g. {SUGGESTED_MODEL}"
+        return ModelNotServed(f"SD_MODEL '{self.model}' {what} for text-to-image: {hint}")
 
-    def _judge(self, key: Key, error: HfHubHTTPError) -> UpstreamError | None:
+    def _judge(self, key: Key, error: HfHubHTTPError, provider: str) -> UpstreamError | None:
         """None after a key's own failure; the error to retry; or raise one not to retry."""
         response = error.response
         status, message = response.status_code, self._message(response)
@@ -230,6 +278,8 @@ class HFClient:
             if status in (401, 404):
                 raise self._not_served()
             return UpstreamError(f"the Hugging Face hub failed ({status}: {message}): try again later")
+        if status == 410:  # the provider withdrew the model: no key's fault, and asking again will not bring it back
+            raise self._not_served(provider, gone=message)
         if status == 429:
             self.pool.cool(key, retry_after(response, self.clock()))
             return None

@@ -141,6 +141,14 @@ class KeyPool:
                     return key
             raise self._none_usable(now)
 
+    def check(self) -> None:
+        """KeysUnavailable now if no key could be taken (none configured, or every one resting); takes none."""
+        with self._lock:
+            self._pull()
+            now = self.clock()
+            if not any(key.usable(now) for key in self.keys):
+                raise self._none_usable(now)
+
     def _none_usable(self, now: float) -> KeysUnavailable:
         if not self.keys:
             return KeysUnavailable(

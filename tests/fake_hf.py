@@ -14,11 +14,30 @@ Each key is told how to answer with a list of behaviours, used in turn (the last
 
 import base64
 import json
+import re
 import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from keys import FRAGMENT
+
+# A run of FRAGMENT characters that a port, a date or time, a hex digest or a UUID could be made of.
+BY_CHANCE = re.compile(f"[0-9a-fA-F:.+\\- TZ]{{{FRAGMENT}}}")
+
+
+def chance_proof(*keys: str) -> list[str]:
+    """The tests' keys, each checked to hold no run of FRAGMENT characters that a log line could show by chance."""
+    for key in keys:
+        assert not BY_CHANCE.search(key), f"{key}: use letters outside a-f, and no digits"
+    return list(keys)
+
+
+def fragments_in(text: str, keys: list[str]) -> list[str]:
+    """Every run of FRAGMENT characters of a key that text holds: the Redactor hides each one, so none may show."""
+    return [key[start : start + FRAGMENT] for key in keys for start in range(len(key) - FRAGMENT + 1)
+            if key[start : start + FRAGMENT] in text]
 
 
 def image_bytes(*args, **kwargs) -> bytes:
@@ -95,6 +114,7 @@ class FakeHuggingFace:
         self.script = {}
         self.models = {}  # model id -> {"pipeline_tag", "mapping"}, or None for a model the hub does not know
         self.hub_requests = []
+        self.hub_down = False  # True: the hub drops every connection unanswered, as one that cannot be reached
         self.release = threading.Event()  # a held ('hang') answer waits for this, never for a clock
         self.files = {"out.png": png("teal"), "out.jpg": jpeg("navy")}
 
@@ -103,6 +123,9 @@ class FakeHuggingFace:
 
     def hub_answer(self, handler, model):
         self.hub_requests.append(handler.path)
+        if self.hub_down:
+            self.drop(handler)
+            return
         known = self.models.get(model, {"pipeline_tag": "text-to-image", "mapping": mapping("hf-inference")})
         if known is None:
             self.send(handler, 404, "application/json", b'{"error": "Repository not found"}',
@@ -144,8 +167,7 @@ class FakeHuggingFace:
             self.release.wait(10)
             return
         if behaviour == "reset":
-            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            handler.close_connection = True  # the handler returns, its socket closes, the client sees a reset
+            self.drop(handler)
             return
         if behaviour == "ok":
             self.send(handler, *self.ok(handler), extra)
@@ -180,6 +202,11 @@ class FakeHuggingFace:
             "echo-key-pieces": (400, "text/plain", echo_pieces(handler.headers["Authorization"])),
         }[behaviour]
         self.send(handler, status, content_type, body, extra)
+
+    @staticmethod
+    def drop(handler):
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.close_connection = True  # the handler returns, its socket closes, the client sees a reset
 
     @staticmethod
     def send(handler, status, content_type, body, extra=None):

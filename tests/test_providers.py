@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -10,18 +11,24 @@ from PIL import Image
 
 import servers
 import settings
-from errors import KeysUnavailable, ModelNotServed, UpstreamError
-from fake_hf import mapping
-from hf_client import HFClient
+from conftest import stored_files
+from errors import InvalidInput, KeysUnavailable, ModelNotServed, UpstreamError
+from fake_hf import chance_proof, fragments_in, mapping
+from hf_client import SUGGESTED_MODEL, HFClient
 from test_server import data_env
 
-KEYS = ["hf_provAAAAAAAAAAAA1111", "hf_provBBBBBBBBBBBB2222", "hf_provCCCCCCCCCCCC3333"]
+KEYS = chance_proof("hf_provKnotsJumpyWrongLimp", "hf_provGustyTulipsRoomMonk", "hf_provStormyNightsWolvPox")
 A, B, C = KEYS
 
 
 def make_client(api, clock, model, provider="auto", keys=KEYS, **options):
     return HFClient(keys, model, provider=provider, router_url=api.url, clock=clock, sleep=clock.sleep, timeout=5,
                     **options)
+
+
+def hub_asked_about(api, model) -> list[str]:
+    """The hub's requests for one model (an app built in another test may still ask about its own)."""
+    return [path for path in api.hub_requests if urlsplit(path).path == f"/api/models/{model}"]
 
 
 def pixels(generated) -> tuple:
@@ -82,8 +89,16 @@ def test_a_model_no_provider_serves_is_refused_with_a_suggestion(fake_api, clock
     with pytest.raises(ModelNotServed) as refused:
         client.generate("a fox", {})
     assert refused.value.status == 503 and refused.value.code == "model_not_served"
-    assert "test/unserved" in refused.value.message and "stable-diffusion-xl-base-1.0" in refused.value.message
+    assert "test/unserved" in refused.value.message and SUGGESTED_MODEL in refused.value.message
     assert fake_api.requests == []
+
+
+def test_the_default_model_is_the_one_suggested_and_never_suggests_itself(fake_api, clock):
+    assert settings.DEFAULTS["SD_MODEL"] == SUGGESTED_MODEL == "black-forest-labs/FLUX.1-schnell"
+    fake_api.models[SUGGESTED_MODEL] = {"pipeline_tag": "text-to-image", "mapping": {}}
+    with pytest.raises(ModelNotServed) as refused:
+        make_client(fake_api, clock, SUGGESTED_MODEL).generate("a fox", {})
+    assert refused.value.message.count(SUGGESTED_MODEL) == 1 and "choose another SD_MODEL" in refused.value.message
 
 
 def test_a_named_provider_that_does_not_serve_the_model_names_those_that_do(fake_api, clock):
@@ -155,9 +170,98 @@ def test_no_fragment_of_a_key_leaves_through_a_provider(fake_api, clock, caplog)
                 client.generate("a fox", {})
             shown.append(str(failed.value))
     text = "".join(shown) + caplog.text + json.dumps(client.status()) + json.dumps(client.key_status())
-    for key in KEYS:
-        assert key[-4:] not in text
-        assert not any(key[i : i + 8] in text for i in range(len(key) - 7))
+    assert "[hidden]" in text and fragments_in(text, KEYS) == []
+
+
+# A model withdrawn: a provider's 410 Gone.
+
+def test_a_provider_that_withdrew_the_model_names_those_that_still_serve_it(fake_api, clock):
+    fake_api.models["test/withdrawn"] = {"pipeline_tag": "text-to-image", "mapping": mapping("fal-ai", "together")}
+    fake_api.script = {key: ["410"] for key in KEYS}
+    client = make_client(fake_api, clock, "test/withdrawn")
+    with pytest.raises(ModelNotServed) as refused:
+        client.generate("a fox", {})
+    assert refused.value.status == 503 and refused.value.code == "model_not_served"
+    assert refused.value.message == (
+        "SD_MODEL 'test/withdrawn' is no longer served by the provider fal-ai (410 Gone: The requested API is no "
+        "longer supported) for text-to-image: set HF_PROVIDER to one that serves it (together)")
+    assert fake_api.keys_used() == [A] and clock.sleeps == []  # not retried, on no other key
+    assert [k["state"] for k in client.key_status()] == ["active"] * 3
+
+
+def test_a_model_withdrawn_from_its_only_provider_suggests_a_model(fake_api, clock):
+    fake_api.models["test/gone"] = {"pipeline_tag": "text-to-image", "mapping": mapping("hf-inference")}
+    fake_api.script = {A: ["410"]}
+    with pytest.raises(ModelNotServed) as refused:
+        make_client(fake_api, clock, "test/gone", provider="hf-inference").generate("a fox", {})
+    assert "no longer served by the provider hf-inference" in refused.value.message
+    assert refused.value.message.endswith(f"choose an SD_MODEL that providers serve, e.g. {SUGGESTED_MODEL}")
+    assert len(fake_api.requests) == 1
+
+
+# What can be checked here is checked before the hub or a provider is asked.
+
+def test_no_key_is_told_at_once_without_asking_the_hub(fake_api, clock):
+    fake_api.hub_down = True
+    with pytest.raises(KeysUnavailable) as refused:
+        make_client(fake_api, clock, "test/no-key", keys=[]).generate("a fox", {})
+    assert refused.value.status == 503 and refused.value.code == "no_api_key"
+    assert "HF_API_KEYS" in refused.value.message
+    assert hub_asked_about(fake_api, "test/no-key") == [] and fake_api.requests == [] and clock.sleeps == []
+
+
+def test_with_a_key_an_unreachable_hub_is_told_as_the_hubs_fault(fake_api, clock):
+    fake_api.hub_down = True
+    with pytest.raises(UpstreamError) as failed:
+        make_client(fake_api, clock, "test/hub-down").generate("a fox", {})
+    assert failed.value.code == "provider_lookup_failed" and "the hub could not be asked" in failed.value.message
+    assert len(hub_asked_about(fake_api, "test/hub-down")) == 1 and fake_api.requests == []
+
+
+@pytest.mark.parametrize("rest, code, headers", [
+    (lambda pool, key: pool.cool(key, 90), "all_keys_busy", {"Retry-After": "90"}),
+    (lambda pool, key: pool.exhaust(key), "all_keys_busy", {"Retry-After": "3600"}),
+    (lambda pool, key: pool.disable(key, "invalid or expired (401)"), "all_keys_disabled", {}),
+], ids=["cooling", "exhausted", "disabled"])
+def test_every_key_resting_is_told_without_asking_the_hub(fake_api, clock, rest, code, headers):
+    client = make_client(fake_api, clock, "test/resting")
+    for key in client.pool.keys:
+        rest(client.pool, key)
+    with pytest.raises(KeysUnavailable) as refused:
+        client.generate("a fox", {})
+    assert refused.value.code == code and refused.value.headers == headers
+    assert hub_asked_about(fake_api, "test/resting") == [] and fake_api.requests == []
+
+
+# What a known model cannot use: FLUX.1-schnell (1 to 4 steps, no guidance, no negative prompt).
+
+@pytest.mark.parametrize("model", [SUGGESTED_MODEL, "black-forest-labs/flux.1-schnell"], ids=["id", "lower-case"])
+@pytest.mark.parametrize("parameters, code", [
+    ({"num_inference_steps": 5}, "invalid_num_inference_steps"),
+    ({"num_inference_steps": 30}, "invalid_num_inference_steps"),
+    ({"guidance_scale": 3.5}, "invalid_guidance_scale"),
+    ({"guidance_scale": 0.0}, "invalid_guidance_scale"),
+    ({"negative_prompt": "fog"}, "invalid_negative_prompt"),
+], ids=["steps-5", "steps-30", "guidance-3.5", "guidance-0", "negative-prompt"])
+def test_what_flux_schnell_cannot_use_is_refused_before_any_call(fake_api, clock, model, parameters, code):
+    client = make_client(fake_api, clock, model, keys=[])  # no key: the parameters are checked first
+    with pytest.raises(InvalidInput) as refused:
+        client.generate("a fox", parameters)
+    assert refused.value.status == 400 and refused.value.code == code
+    name = code.removeprefix("invalid_")
+    assert refused.value.message.startswith(f"'{name}' ") and "timestep-distilled" in refused.value.message
+    assert client.providers is None and client.lookup_error is None  # the hub was never asked
+    assert fake_api.requests == []
+
+
+def test_flux_schnell_takes_one_to_four_steps_a_size_and_a_seed(fake_api, clock):
+    fake_api.models[SUGGESTED_MODEL] = {"pipeline_tag": "text-to-image", "mapping": mapping("together")}
+    client = make_client(fake_api, clock, SUGGESTED_MODEL)
+    for steps in (1, 4):
+        client.generate("a fox", {"width": 768, "height": 512, "num_inference_steps": steps, "seed": 3})
+    assert [request["body"]["steps"] for request in fake_api.requests] == [1, 4]
+    assert fake_api.requests[0]["body"] == {"prompt": "a fox", "response_format": "base64", "width": 768,
+                                            "height": 512, "steps": 1, "seed": 3, "model": SUGGESTED_MODEL}
 
 
 def test_the_png_carries_how_it_was_made(fake_api, clock):
@@ -188,7 +292,8 @@ def test_the_retired_inference_url_setting_stops_the_start():
 @pytest.fixture
 def generating_app(make_app, fake_api, clock):
     def make(model, **config):
-        app = make_app(**config)
+        # The app's own client, replaced here, asks the hub about its SD_MODEL in the background: not this one.
+        app = make_app(**{"SD_MODEL": "test/replaced", **config})
         app.extensions["hf_client"] = make_client(fake_api, clock, model)
         return app
     return make
@@ -230,6 +335,23 @@ def test_num_images_is_one_to_four(generating_app, fake_api, value):
         "/generate", json={"description": "a fox", "num_images": value})
     assert response.status_code == 400 and response.get_json()["code"] == "invalid_num_images"
     assert fake_api.requests == []
+
+
+def test_flux_schnell_with_too_many_steps_is_a_400_and_nothing_is_kept(generating_app, fake_api, data_dir):
+    app = generating_app(SUGGESTED_MODEL)
+    response = app.test_client().post(
+        "/generate", json={"description": "a fox", "num_inference_steps": 30, "num_images": 2})
+    assert response.status_code == 400 and response.get_json()["code"] == "invalid_num_inference_steps"
+    assert "takes 1 to 4" in response.get_json()["error"]
+    assert app.extensions["hf_client"].providers is None and fake_api.requests == [] and stored_files(data_dir) == []
+
+
+def test_a_withdrawn_model_is_a_503_and_nothing_is_kept(generating_app, fake_api, data_dir):
+    fake_api.models["test/withdrawn-app"] = {"pipeline_tag": "text-to-image", "mapping": mapping("fal-ai")}
+    fake_api.script = {key: ["410"] for key in KEYS}
+    response = generating_app("test/withdrawn-app").test_client().post("/generate", json={"description": "a fox"})
+    assert response.status_code == 503 and response.get_json()["code"] == "model_not_served"
+    assert SUGGESTED_MODEL in response.get_json()["error"] and stored_files(data_dir) == []
 
 
 def test_healthz_says_which_providers_serve_the_model(generating_app, fake_api):
