@@ -60,7 +60,9 @@ def form_too_large(error: RequestEntityTooLarge):
 @bp.get("/")
 def index():
     shown = field_checks.number(request.args, "shown", low=GALLERY_PAGE, high=1000, default=GALLERY_PAGE)
-    return render_template("index.html", history=actions.history_page(shown, 0), page_size=GALLERY_PAGE)
+    drawing = service("hf_client")
+    return render_template("index.html", history=actions.history_page(shown, 0), page_size=GALLERY_PAGE,
+                           model=drawing.model, limits=drawing.limits)
 
 
 @bp.get("/page/images/<image_id>")

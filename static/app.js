@@ -2,8 +2,7 @@
 "use strict";
 
 const MAX_BYTES = 16 * 1024 * 1024;
-const IMAGE_TYPES = ["image/png", "image/jpeg"];
-const IMAGE_NAME = /\.(png|jpe?g)$/i;
+const HEAD_BYTES = 512;  // enough for every signature below, and for an SVG's XML declaration and comments
 const GALLERY_PAGE = 12;
 const MAX_QUESTION = 500;
 
@@ -13,7 +12,8 @@ const MESSAGES = {
   too_many_files: "Choose one image at a time.",
   empty_file: "That file is empty. Choose the image again.",
   not_an_image: "That file is not a PNG or JPEG image we can read. Choose another one.",
-  unsupported_file_type: "Only PNG and JPEG images can be captioned. Choose another file.",
+  unsupported_image_format: "That file is not a PNG or JPEG image. Convert it to PNG or JPEG and upload that.",
+  damaged_image: "That image is damaged or only partly downloaded. Save it again, or choose another copy.",
   file_too_large: "That image is larger than 16 MB. Choose a smaller one.",
   image_too_large: "That image has too many pixels. Choose a smaller one.",
   prompt_too_long: "The start of the caption is too long. Shorten it to a few words.",
@@ -32,6 +32,9 @@ const MESSAGES = {
   all_keys_busy: "Drawing is busy right now. Try again in a little while.",
   model_not_served: "Drawing is not available right now: the server's drawing model is not offered by any provider.",
   generation_rejected: "The drawing service did not accept these settings. Change them and try again.",
+  invalid_num_inference_steps: "The drawing model does not take that number of steps. Leave Steps blank for its default.",
+  invalid_guidance_scale: "The drawing model does not take that guidance scale. Leave it blank.",
+  invalid_negative_prompt: "The drawing model does not use a negative prompt. Leave it blank.",
   insufficient_storage: "The server's disk is full, so nothing was saved. Try again later.",
   storage_read_only: "The server cannot save anything right now. Try again later.",
   cross_origin: "This request did not come from this page. Reload the page and try again.",
@@ -121,12 +124,77 @@ function fieldsOf(form) {
 
 // Upload: choose or drop a file, check it, preview it, caption it.
 
-function checkFile(file) {
-  if (!file) return "Choose a PNG or JPEG image first.";
-  if (!IMAGE_TYPES.includes(file.type) && !IMAGE_NAME.test(file.name)) {
-    return `"${file.name}" is not a PNG or JPEG image. Choose a .png, .jpg or .jpeg file.`;
+// What the formats that cannot be captioned are called, as a person would say it.
+const FORMATS = {
+  GIF: "a GIF image", WebP: "a WebP image", TIFF: "a TIFF image", BMP: "a BMP image", PDF: "a PDF document",
+  AVIF: "an AVIF image", "HEIC/HEIF": "a HEIC/HEIF image", "JPEG XL": "a JPEG XL image",
+  "JPEG 2000": "a JPEG 2000 image", ICO: "an ICO icon", PSD: "a Photoshop (PSD) file", SVG: "an SVG drawing",
+};
+const AVIF_BRANDS = ["avif", "avis"];
+const HEIF_BRANDS = ["heic", "heix", "hevc", "hevx", "heim", "heis", "hevm", "hevs", "mif1", "msf1"];
+const SVG_START = /^\uFEFF?\s*(<\?xml[^>]*>\s*)?(<!--[\s\S]*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>]/i;
+
+// A file's format by its first bytes, as the server judges it (by content, never by name): "PNG", "JPEG",
+// another name from FORMATS, or "" for nothing recognisable.
+function formatOf(bytes) {
+  const has = (signature, offset = 0) => [...signature].every((value, index) =>
+    bytes[offset + index] === (typeof value === "string" ? value.charCodeAt(0) : value));
+  if (has([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) return "PNG";
+  if (has([0xff, 0xd8, 0xff])) return "JPEG";
+  if (has("GIF87a") || has("GIF89a")) return "GIF";
+  if (has("RIFF") && has("WEBP", 8)) return "WebP";
+  if (has("II*\0") || has("MM\0*")) return "TIFF";
+  if (has("BM")) return "BMP";
+  if (has("%PDF-")) return "PDF";
+  if (has("ftyp", 4)) return isoFormatOf(bytes);
+  if (has([0xff, 0x0a]) || has([0, 0, 0, 0x0c, 0x4a, 0x58, 0x4c, 0x20, 0x0d, 0x0a, 0x87, 0x0a])) return "JPEG XL";
+  if (has([0, 0, 0, 0x0c, 0x6a, 0x50, 0x20, 0x20, 0x0d, 0x0a, 0x87, 0x0a]) || has([0xff, 0x4f, 0xff, 0x51])) {
+    return "JPEG 2000";
   }
+  if (has([0, 0, 1, 0])) return "ICO";
+  if (has("8BPS")) return "PSD";
+  if (SVG_START.test(new TextDecoder().decode(bytes))) return "SVG";
+  return "";
+}
+
+// An ISO media file (HEIC, AVIF, MP4...) says what it is by the brands of its ftyp box: the major brand at
+// 8..12, then, after the minor version, the compatible ones up to the box's end. AVIF wins when listed.
+function isoFormatOf(bytes) {
+  const end = Math.min(new DataView(bytes.buffer, bytes.byteOffset).getUint32(0), bytes.length);
+  const brand = (offset) => String.fromCharCode(...bytes.subarray(offset, offset + 4));
+  const brands = [brand(8)];
+  for (let offset = 16; offset + 4 <= end; offset += 4) brands.push(brand(offset));
+  if (brands.some((name) => AVIF_BRANDS.includes(name))) return "AVIF";
+  if (brands.some((name) => HEIF_BRANDS.includes(name))) return "HEIC/HEIF";
+  return "";
+}
+
+// What is wrong with one file before it is sent, in a person's words; "" when it can be sent.
+async function checkFile(file) {
+  let bytes;
+  try {
+    bytes = new Uint8Array(await file.slice(0, HEAD_BYTES).arrayBuffer());
+  } catch (failure) {
+    return `"${file.name}" could not be read. Choose it again.`;
+  }
+  if (!bytes.length) return `"${file.name}" is empty. Choose the image again.`;
+  const format = formatOf(bytes);
+  if (FORMATS[format]) {
+    return `"${file.name}" is ${FORMATS[format]}, which cannot be captioned here. `
+      + "Convert it to PNG or JPEG and choose that.";
+  }
+  if (!format) return `"${file.name}" is not a PNG or JPEG image. Choose a PNG or JPEG image.`;
   if (file.size > MAX_BYTES) return `"${file.name}" is larger than 16 MB. Choose a smaller image.`;
+  return "";
+}
+
+// The first problem among the chosen files; "" when every one can be sent.
+async function checkFiles(files) {
+  if (!files.length) return "Choose a PNG or JPEG image first.";
+  for (const file of files) {
+    const problem = await checkFile(file);
+    if (problem) return problem;
+  }
   return "";
 }
 
@@ -137,12 +205,16 @@ function setupUpload() {
   const preview = $("#preview");
   const error = $(".error", form);
 
-  input.addEventListener("change", () => {
-    const file = input.files[0];
-    const problem = checkFile(file);
-    error.textContent = file ? problem : "";
+  input.addEventListener("change", async () => {
+    const chosen = [...input.files];
+    error.textContent = "";
     preview.hidden = true;
-    if (!file || problem) return;
+    if (!chosen.length) return;
+    const problem = await checkFiles(chosen);
+    if (input.files[0] !== chosen[0]) return;  // chosen again meanwhile: that choice speaks
+    error.textContent = problem;
+    if (problem) return;
+    const file = chosen[0];
     const reader = new FileReader();
     reader.addEventListener("load", () => { preview.src = reader.result; });
     reader.readAsDataURL(file);
@@ -168,9 +240,9 @@ function setupUpload() {
     input.dispatchEvent(new Event("change"));
   });
 
-  // A pasted image is taken as if it had been chosen.
+  // A pasted file is taken as if it had been chosen; its content, not its type, decides then.
   document.addEventListener("paste", (event) => {
-    const pasted = [...(event.clipboardData ? event.clipboardData.files : [])].filter((file) => IMAGE_TYPES.includes(file.type));
+    const pasted = [...(event.clipboardData ? event.clipboardData.files : [])];
     if (!pasted.length || input.disabled) return;
     event.preventDefault();
     const files = new DataTransfer();
@@ -181,10 +253,11 @@ function setupUpload() {
   });
 
   // Several files are sent one after the other, each captioned; the gallery fills as each finishes.
-  form.addEventListener("submit", (event) => {
+  form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (form.dataset.busy) return;
     const chosen = [...input.files];
-    const problem = chosen.length ? chosen.map(checkFile).find(Boolean) : checkFile(undefined);
+    const problem = await checkFiles(chosen);
     if (problem) {
       error.textContent = problem;
       return;

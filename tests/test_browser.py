@@ -38,9 +38,9 @@ def serve(make_app, fake_api):
     """Serve an app built by make_app on 127.0.0.1; return its base URL."""
     servers = []
 
-    def start(captioner=None, answerer=None, keys=("hf_browserAAAAAAAA1111",)):
+    def start(captioner=None, answerer=None, keys=("hf_browserAAAAAAAA1111",), model="test/sd"):
         app = make_app(captioner, answerer)
-        app.extensions["hf_client"] = HFClient(list(keys), "test/sd", provider="hf-inference",
+        app.extensions["hf_client"] = HFClient(list(keys), model, provider="hf-inference",
                                                router_url=fake_api.url, timeout=5)
         server = make_server("127.0.0.1", 0, app, threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -81,6 +81,49 @@ def files(path, data):
     return str(path)
 
 
+# Tap targets: on a phone every control a finger uses is at least 44x44 CSS px (WCAG 2.5.5's size, Apple's and
+# Material's too). A link inside running text (its parent has text of its own beside it) is excepted, as WCAG
+# excepts it; so is anything behind an open modal dialog, which a finger cannot reach. Images the page makes
+# clickable (cursor: zoom-in or pointer) count as controls.
+TAP_TARGET = 44
+CONTROLS = ("a[href], button, input:not([type=hidden]), select, textarea, summary, label:has(> input[type=checkbox]),"
+            " label:has(> input[type=radio]), [role=button], [role=link], [role=checkbox], [role=tab],"
+            " [tabindex]:not([tabindex^='-'])")
+
+
+def small_tap_targets(page, size=TAP_TARGET) -> list[str]:
+    """Every visible control on the page smaller than size x size CSS px, each as 'what "its text" WxH'."""
+    return page.evaluate("""([selector, size]) => {
+        const modal = document.querySelector("dialog[open]:modal");
+        const root = modal || document.body;
+        const clickable = (e) => e.matches(selector) || (e.tagName === "IMG"
+            && ["zoom-in", "pointer"].includes(getComputedStyle(e).cursor) && !e.closest(selector));
+        const inText = (e) => e.tagName === "A" && [...e.parentElement.childNodes]
+            .some((node) => node.nodeType === Node.TEXT_NODE && node.textContent.trim() !== "");
+        const named = (e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "")
+            + [...e.classList].map((name) => "." + name).join("") + (e.type ? `[type=${e.type}]` : "")
+            + ` "${(e.textContent || e.value || e.alt || "").trim().replace(/\\s+/g, " ").slice(0, 40)}"`;
+        return [...root.querySelectorAll("*")]
+            .filter((e) => clickable(e) && !inText(e) && e.checkVisibility({visibilityProperty: true}))
+            .map((e) => [e, e.getBoundingClientRect()])
+            .filter(([, box]) => box.width * box.height > 1)  // not the 1-px visually-hidden kind
+            .filter(([, box]) => box.width < size - 0.01 || box.height < size - 0.01)
+            .map(([e, box]) => `${named(e)} ${+box.width.toFixed(1)}x${+box.height.toFixed(1)}`);
+    }""", [CONTROLS, size])
+
+
+def is_phone(page) -> bool:
+    """Whether the page has a phone's width (the tests' phone is 390 px wide, their desktops 1100 and more)."""
+    return page.viewport_size["width"] < 500
+
+
+def assert_tap_targets(page):
+    """On a phone-sized page, fail naming every visible control under 44x44 px; on a desktop, nothing to check."""
+    if is_phone(page):
+        small = small_tap_targets(page)
+        assert small == [], f"controls under {TAP_TARGET}x{TAP_TARGET} px on a phone: {small}"
+
+
 def upload_through_page(page, path):
     page.set_input_files("#image-input", path)
     with page.expect_response("**/upload") as answer:
@@ -107,6 +150,7 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
     base = serve(*tiny_models)
     page.goto(base + "/")
     shot(page, "01-empty")
+    assert_tap_targets(page)
     photo = files(tmp_path / "photo.png", image_bytes(size=(120, 90), color=(200, 60, 60)))
     page.set_input_files("#image-input", photo)
     expect(page.locator("#preview")).to_be_visible()
@@ -127,6 +171,7 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
     expect(thread.nth(1).locator(".answer")).to_have_text("Answer: " + second["answer"])
     expect(page.locator("#question-input")).to_be_focused()
     shot(page, "02-caption-and-thread")
+    assert_tap_targets(page)
 
     page.fill("#description-input", "a lighthouse at dusk")
     page.fill("#width-input", "512")
@@ -139,6 +184,7 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
     assert page.locator("#generated-path").count() == 0 and body["path"] not in page.inner_text("#generated")
     expect(page.locator("#generated-download")).to_have_attribute("href", body["image_url"])
     shot(page, "03-generated")
+    assert_tap_targets(page)
 
     page.reload()
     expect(page.locator("#image-gallery li")).to_have_count(1)
@@ -149,6 +195,7 @@ def test_upload_ask_generate_reload_and_reopen(page, serve, tiny_models, tmp_pat
     expect(page.locator("#current-image")).to_be_in_viewport()  # reopened where it can be seen
     expect(page.locator("#thread li")).to_have_count(2)
     shot(page, "04-history-reopened")
+    assert_tap_targets(page)
     assert page.problems == []
 
 
@@ -177,6 +224,7 @@ def test_load_more_pages_the_gallery(page, serve, tmp_path):
         upload_through_page(page, photo)
     page.reload()
     expect(page.locator("#image-gallery li")).to_have_count(12)
+    assert_tap_targets(page)  # with "Load more"
     page.click("a.more[data-kind=images]")
     expect(page.locator("#image-gallery li")).to_have_count(14)
     expect(page.locator("a.more[data-kind=images]")).to_have_count(0)
@@ -186,9 +234,10 @@ def test_load_more_pages_the_gallery(page, serve, tmp_path):
 @pytest.mark.parametrize(
     "name, data, message",
     [
-        ("notes.png", b"this is a text file, not a picture", "not a PNG or JPEG image we can read"),
+        ("cut.png", image_bytes(size=(120, 90), color=(10, 200, 30))[:-30], "That image is damaged"),
         ("huge.png", png_header_only(20000, 20000), "That image has too many pixels"),
     ],
+    ids=["damaged", "too-many-pixels"],
 )
 def test_the_servers_upload_error_is_shown_beside_the_form(page, serve, tmp_path, name, data, message):
     page.goto(serve() + "/")
@@ -198,16 +247,65 @@ def test_the_servers_upload_error_is_shown_beside_the_form(page, serve, tmp_path
     assert answer.json()["error"] not in page.locator("#upload-form .error").inner_text()
     expect(page.locator("#upload-form button")).to_be_enabled()
     shot(page, f"05-upload-error-{name}")
+    assert_tap_targets(page)
+
+
+def refused_before_sending(page, path) -> str:
+    """Choose a file and press Upload; return what the page says, having checked that nothing was sent."""
+    sent = []
+    page.on("request", lambda request: request.url.endswith("/upload") and sent.append(request))
+    error = page.locator("#upload-form .error")
+    page.set_input_files("#image-input", path)
+    expect(error).not_to_be_empty()  # said as soon as it is chosen
+    chosen = error.inner_text()
+    page.evaluate("document.querySelector('#upload-form .error').textContent = ''")
+    page.click("#upload-form button")
+    expect(error).to_have_text(chosen)  # said again by Upload, which has then decided not to send
+    expect(page.locator("#preview")).to_be_hidden()
+    assert sent == []
+    return chosen
 
 
 def test_a_file_over_16_mb_is_stopped_before_sending(page, serve, tmp_path):
     page.goto(serve() + "/")
-    sent = []
-    page.on("request", lambda request: request.url.endswith("/upload") and sent.append(request))
-    page.set_input_files("#image-input", files(tmp_path / "big.jpg", b"\xff\xd8" + b"\0" * (17 * 1024 * 1024)))
-    page.click("#upload-form button")
-    expect(page.locator("#upload-form .error")).to_contain_text("larger than 16 MB")
-    assert sent == []
+    big = files(tmp_path / "big.jpg", b"\xff\xd8\xff" + b"\0" * (17 * 1024 * 1024))
+    assert "larger than 16 MB" in refused_before_sending(page, big)
+
+
+# The content decides, not the name: what a file's first bytes say it is.
+HEIC = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"
+
+
+@pytest.mark.parametrize("name, fmt", [("photo.jfif", "JPEG"), ("IMG_0001.HEIC", "JPEG"), ("scan", "PNG")])
+def test_a_png_or_jpeg_is_taken_whatever_its_name(page, serve, tmp_path, name, fmt):
+    page.goto(serve() + "/")
+    path = files(tmp_path / name, image_bytes(fmt, size=(60, 40), color=(200, 120, 40)))
+    page.set_input_files("#image-input", path)
+    expect(page.locator("#preview")).to_be_visible()
+    answer = upload_through_page(page, path)
+    assert answer.status == 201 and answer.json()["mime_type"] == f"image/{fmt.lower()}"
+    expect(page.locator("#current-caption")).to_have_text("a fake caption")
+    expect(page.locator("#upload-form .error")).to_be_empty()
+    expect(page.locator("#image-gallery small").first).to_contain_text(name)
+    assert page.problems == []
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("picture.png", image_bytes("GIF", "P"), '"picture.png" is a GIF image, which cannot be captioned here.'),
+        ("photo.jpg", HEIC, '"photo.jpg" is a HEIC/HEIF image, which cannot be captioned here.'),
+        ("notes.png", b"just some notes", '"notes.png" is not a PNG or JPEG image.'),
+    ],
+    ids=["gif-named-png", "heic-named-jpg", "text-named-png"],
+)
+def test_another_format_is_named_before_sending(page, serve, tmp_path, name, data, message):
+    page.goto(serve() + "/")
+    said = refused_before_sending(page, files(tmp_path / name, data))
+    assert said.startswith(message)
+    assert "PNG or JPEG" in said
+    shot(page, f"05-refused-{name}")
+    assert_tap_targets(page)
 
 
 def test_a_503_from_generate_is_shown(page, serve):
@@ -216,6 +314,26 @@ def test_a_503_from_generate_is_shown(page, serve):
     page.click("#generate-form button")
     expect(page.locator("#generate-form .error")).to_have_text("Drawing images is not set up on this server yet.")
     shot(page, "06-generate-error")
+    assert_tap_targets(page)
+
+
+def test_the_page_sends_only_what_the_drawing_model_takes(page, serve, fake_api):
+    # FLUX.1-schnell: 1 to 4 steps (blank for the provider's default) and no guidance, so those fields are off.
+    page.goto(serve(model="black-forest-labs/FLUX.1-schnell") + "/")
+    expect(page.locator("label[for=steps-input]")).to_have_text("Steps (1 to 4)")
+    page.click("summary")
+    for field in ("#guidance-input", "#negative-input"):
+        expect(page.locator(field)).to_be_disabled()
+    expect(page.locator("#unused-settings")).to_be_visible()
+    page.fill("#description-input", "a boat")
+    with page.expect_response("**/generate") as answer:
+        page.click("#generate-form button[type=submit]")
+    assert answer.value.status == 201
+    expect(page.locator("#generated-image")).to_be_visible()
+    [sent] = fake_api.requests
+    assert sent["path"] == "/hf-inference/models/black-forest-labs/FLUX.1-schnell"
+    assert set(sent["body"]["parameters"]) <= {"width", "height", "seed"}
+    assert_tap_targets(page)
 
 
 def test_markup_in_captions_and_questions_is_shown_as_text(page, serve, tmp_path):
@@ -339,30 +457,42 @@ def audited(browser, request):
 
 
 def test_axe_finds_no_violations_in_any_state(audited, serve, tiny_models, tmp_path):
+    """axe-core, and on a phone the 44-px tap targets, in every main state."""
     page = audited
+    found, small = {}, {}
+
+    def audit(state):
+        found[state] = axe_violations(page)
+        small[state] = small_tap_targets(page) if is_phone(page) else []
+
     page.goto(serve(*tiny_models) + "/")
-    found = {"empty": axe_violations(page)}
+    audit("empty")
     for index in range(2):
         upload_through_page(page, files(tmp_path / f"p{index}.png", image_bytes(color=(40 * index, 90, 160))))
     page.fill("#description-input", "a lighthouse at dusk")
     with page.expect_response("**/generate"):
         page.click("#generate-form button")
     expect(page.locator("#generated-image")).to_be_visible()
-    found["with images"] = axe_violations(page)
+    audit("with images")
     for index in range(14):
         ask_through_page(page, f"question number {index}, long enough to wrap on a phone screen?")
     assert page.evaluate("(() => { const t = document.querySelector('#thread'); "
                          "return t.scrollHeight > t.clientHeight; })()")
-    found["thread overflowing"] = axe_violations(page)
-    upload_through_page(page, files(tmp_path / "not.png", b"not an image at all"))  # the server says why
+    audit("thread overflowing")
+    page.click("#generation-gallery li a[data-lightbox]")
+    expect(page.locator("#lightbox")).to_be_visible()
+    audit("lightbox open")
+    page.click("#lightbox button")
+    upload_through_page(page, files(tmp_path / "huge.png", png_header_only(20000, 20000)))  # the server says why
     page.fill("#question-input", " ")
     page.click("#question-form button")
     expect(page.locator("#upload-form .error")).not_to_be_empty()
-    found["errors"] = axe_violations(page)
+    audit("errors")
     page.reload()
-    found["history after reload"] = axe_violations(page)
+    audit("history after reload")
     shot(page, f"08-audited-{page.size_name}")
     assert {state: violations for state, violations in found.items() if violations} == {}
+    assert {state: controls for state, controls in small.items() if controls} == {}
 
 
 def test_results_are_announced_once_each(page, serve, tiny_models, tmp_path):
@@ -403,16 +533,20 @@ def test_load_more_keeps_the_focus_on_the_new_items(page, serve, tmp_path):
                          "document.querySelectorAll('#image-gallery li')[12]")
 
 
-def test_phone_tap_targets_are_44_px(browser, serve, tmp_path):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+def test_the_tap_target_check_names_small_controls_and_spares_links_in_text(browser, serve):
+    context = browser.new_context(**SIZES["phone"])
     page = context.new_page()
     page.goto(serve() + "/")
-    small = page.evaluate("""() => [...document.querySelectorAll('button, summary, header h1 a')]
-        .filter((e) => e.offsetParent !== null)
-        .map((e) => [e.textContent.trim(), e.getBoundingClientRect().height])
-        .filter(([, height]) => height < 44)""")
+    assert_tap_targets(page)
+    page.evaluate("""() => {
+        const small = Object.assign(document.createElement("a"), {href: "#", className: "tiny", textContent: "Tiny"});
+        const sentence = document.createElement("p");
+        const link = Object.assign(document.createElement("a"), {href: "#", textContent: "this"});
+        sentence.append("Read ", link, " first.");
+        document.querySelector("main").append(small, sentence);
+    }""")
+    assert [target.split(" ")[0] for target in small_tap_targets(page)] == ["a.tiny"]
     context.close()
-    assert small == []
 
 
 # Words for people, and a history people can manage.
@@ -431,9 +565,9 @@ def test_a_long_paste_into_the_question_is_counted_not_cut(page, serve, tmp_path
     expect(page.locator("#question-form .error")).to_be_empty()  # the old message goes with its cause
 
 
-def test_a_text_file_named_png_is_called_out_at_once(page, serve, tmp_path):
+def test_a_png_that_will_not_decode_is_called_out_at_once(page, serve, tmp_path):
     page.goto(serve() + "/")
-    page.set_input_files("#image-input", files(tmp_path / "notes.png", b"just some notes"))
+    page.set_input_files("#image-input", files(tmp_path / "broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40))
     expect(page.locator("#upload-form .error")).to_contain_text("not an image we can read")
     expect(page.locator("#preview")).to_be_hidden()
 
@@ -565,6 +699,8 @@ def test_images_open_large_in_the_app_and_download_from_the_gallery(page, serve,
     page.click("#generation-gallery li a[data-lightbox]")
     expect(page.locator("#lightbox img")).to_have_attribute("alt", "a boat")
     assert page.url == address  # not a bare PNG
+    assert_tap_targets(page)  # the lightbox's Close
+    shot(page, "10-lightbox")
     page.click("#lightbox button")
     for item in ("#image-gallery li", "#generation-gallery li"):
         link = page.locator(f"{item} a.download").first
@@ -592,14 +728,16 @@ def test_a_running_generation_can_be_cancelled(page, serve):
     page.fill("#description-input", "a boat")
     page.click("#generate-form button")
     expect(page.locator("#cancel-generate")).to_be_visible()
+    assert_tap_targets(page)
     page.click("#cancel-generate")
     expect(page.locator("#generate-form .error")).to_contain_text("Cancelled")
     expect(page.locator("#generate-form button[type=submit]")).to_be_enabled()
     expect(page.locator("#cancel-generate")).to_be_hidden()
 
 
-def test_dark_mode_follows_the_system_and_stays_readable(browser, serve, tmp_path):
-    context = browser.new_context(color_scheme="dark", bypass_csp=True)
+@pytest.mark.parametrize("size", list(SIZES))
+def test_dark_mode_follows_the_system_and_stays_readable(browser, serve, tmp_path, size):
+    context = browser.new_context(color_scheme="dark", bypass_csp=True, **SIZES[size])
     page = context.new_page()
     page.goto(serve() + "/")
     upload_through_page(page, files(tmp_path / "a.png", image_bytes()))
@@ -607,7 +745,8 @@ def test_dark_mode_follows_the_system_and_stays_readable(browser, serve, tmp_pat
     background = page.evaluate("getComputedStyle(document.documentElement).backgroundColor")
     assert background == "rgb(17, 20, 24)"
     assert axe_violations(page) == []
-    shot(page, "09-dark")
+    assert_tap_targets(page)
+    shot(page, f"09-dark-{size}")
     context.close()
 
 
@@ -617,3 +756,4 @@ def test_the_image_page_shows_only_buttons_that_work_there(page, serve, tmp_path
     page.goto(page.url.split("#")[0].rstrip("/") + f"/page/images/{body['image_id']}")
     expect(page.locator("#copy-caption")).to_be_visible()
     expect(page.locator("#delete-image")).to_be_hidden()  # deleting is done from the main page
+    assert_tap_targets(page)

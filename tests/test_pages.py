@@ -54,7 +54,7 @@ def test_form_errors_render_a_page_with_the_message(make_app, data_dir):
     response = client.post("/page/upload", data={"csrf_token": token(client),
                                                  "image": (io.BytesIO(b"not an image"), "a.png")})
     assert response.status_code == 400 and response.mimetype == "text/html"
-    assert "not a readable PNG or JPEG image" in response.get_data(as_text=True)
+    assert "not a PNG or JPEG image" in response.get_data(as_text=True)
     assert stored_files(data_dir) == []
 
 
@@ -105,5 +105,21 @@ def test_a_missing_model_is_told_at_the_top_and_what_needs_it_is_off(make_app):
 
 
 def test_no_notice_when_the_models_are_loaded(make_app):
-    page = make_app().test_client().get("/").get_data(as_text=True)
+    # A drawing model with every setting: nothing on the page is disabled.
+    page = make_app(SD_MODEL="someone/another-model").test_client().get("/").get_data(as_text=True)
     assert 'class="notice"' not in page and "disabled" not in page
+
+
+def test_the_generate_form_offers_only_what_the_model_takes(make_app):
+    # FLUX.1-schnell, the default: 1 to 4 steps, no guidance; the provider's default steps when left blank.
+    page = make_app().test_client().get("/").get_data(as_text=True)
+    steps = re.search(r'<input id="steps-input"[^>]*>', page).group(0)
+    assert 'min="1" max="4"' in steps and "value=" not in steps
+    for field in ("negative-input", "guidance-input"):
+        assert "disabled" in re.search(rf'<input id="{field}"[^>]*>', page).group(0)
+    assert "black-forest-labs/FLUX.1-schnell has no guidance" in page
+    # A model the app knows nothing of: every setting, 1 to 100 steps.
+    page = make_app(SD_MODEL="someone/another-model").test_client().get("/").get_data(as_text=True)
+    assert 'min="1" max="100"' in re.search(r'<input id="steps-input"[^>]*>', page).group(0)
+    assert "disabled" not in re.search(r'<input id="guidance-input"[^>]*>', page).group(0)
+    assert "has no guidance" not in page
