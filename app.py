@@ -33,10 +33,6 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 
-# How a start stopped by a setting exits: gunicorn's "App failed to load" (its Arbiter.APP_LOAD_ERROR), so that
-# its master stops instead of starting the worker again and again; any non-zero status for the other servers.
-SETTING_EXIT_STATUS = 4
-
 HTTP_ERRORS = {
     400: ("bad_request", "the request could not be read: check its fields and body"),
     404: ("not_found", "there is nothing at this address: check the URL"),
@@ -311,7 +307,7 @@ def __getattr__(name: str):
             globals()["app"] = create_app(services=serving())
         except SettingError as error:
             log.error("cannot start: %s", error)
-            raise SystemExit(SETTING_EXIT_STATUS) from None
+            raise SystemExit(error.exit_status) from None
         return globals()["app"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

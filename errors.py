@@ -4,6 +4,10 @@
 class SettingError(ValueError):
     """A setting names something the app cannot use: the start stops, saying so in one line with the fix."""
 
+    # The start's exit status: gunicorn's "App failed to load" (its Arbiter.APP_LOAD_ERROR), so that its master
+    # stops instead of starting the worker again and again; every other way of starting exits the same.
+    exit_status = 4
+
 
 class AppError(Exception):
     """An error the user can act on: an HTTP status, a stable code and a message."""

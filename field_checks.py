@@ -3,8 +3,7 @@
 import os
 import re
 import unicodedata
-from email.utils import decode_rfc2231
-from urllib.parse import unquote
+from email.message import Message
 
 from errors import InvalidInput
 
@@ -17,7 +16,8 @@ DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # Trojan Source kind, CVE-2021-42574). Tab, newlines and other controls are never part of a name either.
 NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 MAX_FILE_NAME = 100
-EXTENDED_NAME = re.compile(r"""filename\*\s*=\s*"?([^";]+)""", re.IGNORECASE)
+# What joins the character before it: a zero-width joiner, variation selectors, emoji skin tones.
+JOINED = {"\u200d", "\ufe0e", "\ufe0f", *map(chr, range(0x1F3FB, 0x1F400))}
 
 
 def text(fields, name: str, *, max_length: int, required: bool = True) -> str | None:
@@ -68,28 +68,48 @@ def file_name(file) -> str | None:
     """The name a person gave an uploaded file (a werkzeug FileStorage), fit to show and keep.
 
     Any script, Unicode-normalised (NFC); no folders, control characters or bidi overrides; at most
-    MAX_FILE_NAME characters, the extension kept; None when nothing is left. An RFC 2231 `filename*=`
-    wins over a plain `filename=`, as RFC 6266 (4.3) asks, whichever comes first.
+    MAX_FILE_NAME characters, the extension kept and no character cut in two; None when nothing
+    visible is left.
     """
-    name = extended_name(file.headers.get("Content-Disposition", "")) or file.filename or ""
-    name = unicodedata.normalize("NFC", name)
+    name = unicodedata.normalize("NFC", given_name(file))
     name = NOT_IN_NAMES.sub("", re.split(r"[/\\]", name)[-1]).strip()
-    if name in ("", ".", ".."):
+    if name in (".", "..") or not any(unicodedata.category(char)[0] in "LNPS" for char in name):
         return None
     if len(name) > MAX_FILE_NAME:
         stem, extension = os.path.splitext(name)
         extension = extension if len(extension) <= 10 else ""
-        name = stem[: MAX_FILE_NAME - len(extension)].rstrip() + extension
+        name = whole_characters(stem, MAX_FILE_NAME - len(extension)).rstrip() + extension
     return name
 
 
-def extended_name(disposition: str) -> str | None:
-    """A Content-Disposition's RFC 2231 `filename*=charset'language'percent-encoded` name, decoded; else None."""
-    found = EXTENDED_NAME.search(disposition)
-    if found is None:
-        return None
-    charset, _, encoded = decode_rfc2231(found.group(1).strip())
-    try:
-        return unquote(encoded, encoding=charset or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know: the plain name stands
-        return None
+def given_name(file) -> str:
+    """The name in the part's Content-Disposition: RFC 2231's `filename*=` when it decodes, else `filename=`.
+
+    RFC 6266 (4.3) has filename* win over filename, whichever comes first; the standard library's email
+    parser reads the parameters (quotes and RFC 2231 included) without merging the two as werkzeug does.
+    """
+    message = Message()
+    message["Content-Disposition"] = file.headers.get("Content-Disposition", "")
+    names = [value for key, value in message.get_params([], header="content-disposition") if key == "filename"]
+    if not names:
+        return file.filename or ""  # a header this parser cannot read: werkzeug's reading of it
+    for value in names:
+        if not isinstance(value, tuple):
+            continue
+        charset, _, text = value  # text: the percent-decoded bytes, as Latin-1
+        try:
+            extended = text.encode("latin-1").decode(charset or "utf-8")
+        except (LookupError, ValueError):  # a charset Python does not know, or bytes it cannot decode
+            continue
+        if extended:
+            return extended
+    return next((value for value in names if not isinstance(value, tuple)), "")
+
+
+def whole_characters(text: str, limit: int) -> str:
+    """At most limit code points of text, never ending inside a combined character (a mark, an emoji sequence)."""
+    end = min(limit, len(text))
+    while 0 < end < len(text) and (unicodedata.category(text[end]).startswith("M") or text[end] in JOINED
+                                   or text[end - 1] == "\u200d"):
+        end -= 1
+    return text[:end]

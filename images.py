@@ -39,13 +39,14 @@ class Picture:
 # Formats people send that are not PNG or JPEG, by the signature their files start with.
 SIGNATURES = [
     (0, b"GIF87a", "GIF"), (0, b"GIF89a", "GIF"), (0, b"II*\x00", "TIFF"),
-    (0, b"MM\x00*", "TIFF"), (0, b"BM", "BMP"), (0, b"%PDF-", "PDF"), (0, b"\xff\x0a", "JPEG XL"),
+    (0, b"MM\x00*", "TIFF"), (0, b"%PDF-", "PDF"), (0, b"\xff\x0a", "JPEG XL"),
     (4, b"JXL \r\n\x87\n", "JPEG XL"), (4, b"jP  \r\n\x87\n", "JPEG 2000"), (0, b"\xffO\xffQ", "JPEG 2000"),
     (0, b"\x00\x00\x01\x00", "ICO"), (0, b"8BPS", "Photoshop (PSD)"),
 ]
 # ISO media files (an ftyp box at 4): the brands that name a picture format.
 ISO_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", **dict.fromkeys(
     [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"], "HEIC/HEIF")}
+BMP_HEADER_SIZES = {struct.pack("<I", size) for size in (12, 16, 40, 52, 56, 64, 108, 124)}
 HEAD_BYTES = 1024
 # What Pillow raises on a file it cannot parse or decode (struct.error: a field cut short).
 UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
@@ -60,12 +61,16 @@ def sniff(head: bytes) -> str | None:
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head[4:8] == b"ftyp":
+        # The major brand, then (after the minor version) the compatible ones.
         (box_size,) = struct.unpack(">I", head[:4])
-        brands = [head[at : at + 4] for at in range(8, min(box_size, len(head)) - 3, 4)]
+        brands = [head[8:12]] + [head[at : at + 4] for at in range(16, min(box_size, len(head)) - 3, 4)]
         named = [ISO_BRANDS[brand] for brand in brands if brand in ISO_BRANDS]
         return "AVIF" if "AVIF" in named else named[0] if named else "ISO media (MP4, MOV ...)"
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return "WebP"
+    # "BM", reserved fields of zero, and one of the header sizes BMP's versions use: not any text that starts "BM".
+    if head.startswith(b"BM") and head[6:10] == bytes(4) and head[14:18] in BMP_HEADER_SIZES:
+        return "BMP"
     found = next((name for offset, magic, name in SIGNATURES if head[offset : offset + len(magic)] == magic), None)
     if found is None and b"<svg" in head.lstrip(b"\xef\xbb\xbf \t\r\n")[:HEAD_BYTES].lower():
         return "SVG"
@@ -93,36 +98,53 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
     # Pillow only warns between its own limit and twice that; below the lower of the two
     # limits is the only size accepted, so its warning always ends in a refusal.
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    notes: list[str] = []
+    data, notes = stream.read(), []
     try:
-        pixels = decode(stream, image_format, limit, notes)
-    except UNREADABLE as strict:
-        stream.seek(0)
-        notes.clear()
         try:
-            salvaged = (salvage.png if image_format == "PNG" else salvage.jpeg)(stream.read())
-            pixels = decode(io.BytesIO(salvaged.data), image_format, limit, notes, salvaged.info)
-        except salvage.Damaged as damage:
-            raise damaged(image_format, str(damage)) from damage
-        except UNREADABLE as error:
-            raise damaged(image_format, "its pixel data is cut short or broken") from error
-        why = "" if isinstance(strict, UnidentifiedImageError) else f" ({strict})"
-        broken = f": {', '.join(dict.fromkeys(salvaged.dropped))}" if salvaged.dropped else ""
-        notes.insert(0, f"a strict read refused it{why}; its pixels were kept and its metadata dropped{broken}")
+            pixels = decode(data, image_format, limit, notes)
+        except UNREADABLE as strict:
+            notes.clear()
+            salvaged = (salvage.png if image_format == "PNG" else salvage.jpeg)(data)
+            pixels = decode(salvaged.data, image_format, limit, notes, salvaged.info)
+            why = "" if isinstance(strict, UnidentifiedImageError) else f" ({strict})"
+            broken = said(list(dict.fromkeys(salvaged.dropped)))
+            notes.insert(0, f"a strict read refused it{why}; its pixels were kept and its metadata dropped{broken}")
+            data = salvaged.data
+        check_complete(image_format, data)
+    except salvage.Damaged as damage:
+        raise damaged(image_format, str(damage)) from damage
+    except UNREADABLE as error:  # the pixels-only copy did not decode either
+        raise damaged(image_format, "its pixel data is cut short or broken") from error
     if notes:
         log.warning("an uploaded %s had unreadable metadata, accepted without it: %s", image_format,
                     "; ".join(notes))
     return encode(pixels, image_format)
 
 
-def decode(stream, image_format: str, limit: int, notes: list[str], info: dict | None = None) -> Image.Image:
+def said(problems: list[str], most: int = 10) -> str:
+    """What a log line says of the problems: the first few, and how many more (one line, however many)."""
+    if not problems:
+        return ""
+    more = f" and {len(problems) - most} more" if len(problems) > most else ""
+    return ": " + ", ".join(problems[:most]) + more
+
+
+def check_complete(image_format: str, data: bytes) -> None:
+    """Raise salvage.Damaged when the image data ends before its last rows, which Pillow fills in without a word."""
+    if image_format == "PNG":
+        salvage.check_png_complete(data)
+    else:
+        salvage.check_scan_complete(data)
+
+
+def decode(data: bytes, image_format: str, limit: int, notes: list[str], info: dict | None = None) -> Image.Image:
     """The first frame's pixels, upright and in sRGB, without metadata; notes says what could not be read.
 
     info: metadata read apart from the file (a salvaged file's profile and EXIF), as Pillow keeps it.
     """
     try:
         # A multi-picture JPEG (MPO) from a phone is still a JPEG: Pillow's JPEG plugin opens both.
-        with Image.open(stream, formats=[image_format]) as image:
+        with Image.open(io.BytesIO(data), formats=[image_format]) as image:
             width, height = image.size
             if width * height > limit:
                 raise too_many_pixels(limit, f"{width}x{height} pixels")
@@ -153,7 +175,8 @@ def unsupported(image_format: str | None) -> InvalidImage:
         return InvalidImage("the file is not a PNG or JPEG image, nor another image format this server recognises: "
                             "upload a PNG or JPEG file", code="not_an_image")
     noun = "document" if image_format == "PDF" else "file" if image_format.startswith("ISO") else "image"
-    return InvalidImage(f"the file is a {image_format} {noun}, and only PNG and JPEG images can be read here: "
+    article = "an" if image_format.startswith(("A", "I", "SVG")) else "a"  # as the names are read out
+    return InvalidImage(f"the file is {article} {image_format} {noun}, and only PNG and JPEG images can be read here: "
                         "convert it to PNG or JPEG (any image viewer's Save As or Export does) and upload that",
                         code="unsupported_image_format")
 

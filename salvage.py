@@ -13,18 +13,23 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+import simplejpeg
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The chunks that make the pixels: the header, palette and data, and tRNS (transparency is pixels too).
 PNG_PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS"}
 PNG_END = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+PNG_XMP_KEYWORD = b"XML:com.adobe.xmp\x00"
 MAX_PROFILE_BYTES = 4 * 2**20  # far above any real ICC profile; a larger one is a zlib bomb, not colours
 
 # JPEG segments kept: what decodes the pixels, with JFIF and Adobe's APP14 (its colour transform
 # tells libjpeg how to read three- and four-channel data).
 JPEG_START, JPEG_END, JPEG_SCAN, JPEG_COMMENT = 0xD8, 0xD9, 0xDA, 0xFE
 JPEG_APP0, JPEG_APP1, JPEG_APP2, JPEG_APP14 = 0xE0, 0xE1, 0xE2, 0xEE
-JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
+JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+JPEG_END_MARKER = b"\xff\xd9"  # TEM and RST0-7 carry no length
 EXIF_HEADER = b"Exif\x00\x00"
+XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
 
 
@@ -42,45 +47,57 @@ class Salvaged:
 
 
 def png(data: bytes) -> Salvaged:
-    """A PNG with only its pixel chunks; its iCCP profile and eXIf block in info when they can be read.
+    """A PNG with only its pixel chunks; its iCCP profile, eXIf block and XMP in info when they can be read.
 
-    Raises Damaged when IHDR, PLTE or IEND has a wrong CRC, a critical chunk is one no decoder knows
-    (Apple's CgBI, say), or there is no IDAT. IDAT's CRC is left to its zlib stream's own checksum.
+    Raises Damaged when IHDR or PLTE has a wrong CRC, a critical chunk is one no decoder knows (Apple's
+    CgBI, say), a chunk runs past the end of the file before any image data, or there is no IDAT. IDAT's
+    CRC is left to its zlib stream's own checksum, and IEND only ends the file.
     """
     kept, salvaged, position = [PNG_SIGNATURE], Salvaged(b""), len(PNG_SIGNATURE)
+    seen_data = False
     while position + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, position)
         body = data[position + 8 : position + 8 + length]
         end = position + 12 + length
-        name = kind.decode("latin-1")
+        name = printable(kind)
         if end > len(data):
             if kind == b"IDAT":
                 raise Damaged("its image data is cut short")
+            if not seen_data:
+                raise Damaged(f"its {name} chunk claims more bytes than the file holds, before any image data")
             salvaged.dropped.append(f"{name} (cut short)")
             break
         intact = struct.unpack_from(">I", data, end - 4)[0] == zlib.crc32(kind + body)
         critical = not kind[0] & 0x20
         if critical and kind not in PNG_PIXEL_CHUNKS:
-            raise Damaged(f"it has a critical chunk no decoder reads ({name!r})")
-        if critical and kind != b"IDAT" and not intact:
+            raise Damaged(f"it has a critical chunk no decoder reads ({name})")
+        if kind in (b"IHDR", b"PLTE") and not intact:
             raise Damaged(f"its {name} chunk is damaged (wrong CRC)")
-        if not intact:
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            seen_data = True
+            kept.append(data[position:end])
+        elif not intact:
             salvaged.dropped.append(f"{name} (wrong CRC)")
         elif kind in PNG_PIXEL_CHUNKS:
             kept.append(data[position:end])
-            if kind == b"IEND":
-                break
         elif kind == b"iCCP":
             read_png_profile(body, salvaged)
         elif kind == b"eXIf":
             salvaged.info["exif"] = EXIF_HEADER + body
+        elif kind == b"iTXt" and body.startswith(PNG_XMP_KEYWORD):
+            read_png_xmp(body, salvaged)
         position = end
-    if not any(chunk[4:8] == b"IDAT" for chunk in kept[1:]):
+    if not seen_data:
         raise Damaged("it has no image data (no IDAT chunk)")
-    if kept[-1][4:8] != b"IEND":
-        kept.append(PNG_END)  # the pixels may all be there; the decoder says whether they are
-    salvaged.data = b"".join(kept)
+    salvaged.data = b"".join(kept) + PNG_END  # the pixels may all be there: the decoder says whether they are
     return salvaged
+
+
+def printable(kind: bytes) -> str:
+    """A chunk's type as a log line may show it: ASCII letters as they are, any other byte escaped."""
+    return "".join(chr(byte) if 0x21 <= byte <= 0x7E else f"\\x{byte:02x}" for byte in kind)
 
 
 def read_png_profile(body: bytes, salvaged: Salvaged) -> None:
@@ -99,6 +116,17 @@ def read_png_profile(body: bytes, salvaged: Salvaged) -> None:
         salvaged.dropped.append(f"iCCP (over {MAX_PROFILE_BYTES // 2**20} MB)")
         return
     salvaged.info["icc_profile"] = profile
+
+
+def read_png_xmp(body: bytes, salvaged: Salvaged) -> None:
+    """An uncompressed iTXt chunk's XMP into salvaged.info, as Pillow keeps it (its orientation counts)."""
+    keyword_end = len(PNG_XMP_KEYWORD)
+    compressed = body[keyword_end : keyword_end + 1] == b"\x01"
+    language_end = body.find(b"\x00", keyword_end + 2)
+    text_at = body.find(b"\x00", language_end + 1) + 1 if language_end >= 0 else 0
+    if compressed or text_at <= 0:
+        return  # compressed XMP is rare; without it only its orientation, which browsers ignore, is lost
+    salvaged.info["XML:com.adobe.xmp"] = body[text_at:].decode("utf-8", "replace")
 
 
 def jpeg(data: bytes) -> Salvaged:
@@ -139,6 +167,8 @@ def jpeg(data: bytes) -> Salvaged:
             kept.append(data[position:end])
         elif marker == JPEG_APP1 and body.startswith(EXIF_HEADER) and "exif" not in salvaged.info:
             salvaged.info["exif"] = body
+        elif marker == JPEG_APP1 and body.startswith(XMP_HEADER):
+            salvaged.info["xmp"] = body[len(XMP_HEADER) :]
         elif marker == JPEG_APP2 and body.startswith(ICC_HEADER) and len(body) > len(ICC_HEADER) + 2:
             sequence = body[len(ICC_HEADER)]
             profile_parts[sequence] = body[len(ICC_HEADER) + 2 :]
@@ -149,6 +179,8 @@ def jpeg(data: bytes) -> Salvaged:
         position = end
     else:
         raise Damaged("it ends before its image data")
+    if not data.endswith(JPEG_END_MARKER):
+        kept.append(JPEG_END_MARKER)  # whether the scan before it is whole, check_scan_complete says
     if profile_parts:
         if sorted(profile_parts) == list(range(1, len(profile_parts) + 1)):
             salvaged.info["icc_profile"] = b"".join(profile_parts[n] for n in sorted(profile_parts))
@@ -156,6 +188,55 @@ def jpeg(data: bytes) -> Salvaged:
             salvaged.dropped.append("ICC profile (parts missing)")
     salvaged.data = b"".join(kept)
     return salvaged
+
+
+# Adam7's passes: (first column, first row, column step, row step).
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+INFLATE_STEP = 2**20  # inflated bytes counted a megabyte at a time, never held whole
+
+
+def check_png_complete(data: bytes) -> None:
+    """Raise Damaged when a PNG's image data inflates to fewer bytes than its rows need.
+
+    Pillow leaves the rows after a zlib stream that ends early black, without a word; counting what
+    the IDAT chunks inflate to (a megabyte at a time) tells. Call it on a PNG that Pillow decoded.
+    """
+    width, height, depth, colour, _, _, interlaced = struct.unpack_from(">IIBBBBB", data, 16)
+    bits = depth * PNG_CHANNELS.get(colour, 4)
+    passes = ADAM7 if interlaced else [(0, 0, 1, 1)]
+    needed = sum(rows * (1 + (columns * bits + 7) // 8)
+                 for columns, rows in ((-(-(width - x) // dx), -(-(height - y) // dy)) for x, y, dx, dy in passes)
+                 if columns > 0 and rows > 0)
+    inflater, inflated, position = zlib.decompressobj(), 0, len(PNG_SIGNATURE)
+    while position + 8 <= len(data) and inflated < needed:
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if kind == b"IDAT":
+            pending = data[position + 8 : position + 8 + length]
+            while pending and inflated < needed and not inflater.eof:
+                inflated += len(inflater.decompress(pending, INFLATE_STEP))
+                pending = inflater.unconsumed_tail
+        position += 12 + length
+    if inflated < needed:
+        raise Damaged("its image data ends before its last rows")
+
+
+def check_scan_complete(data: bytes) -> None:
+    """Raise Damaged when a JPEG's scan is cut short, though an end marker follows it.
+
+    Pillow's libjpeg fills rows it has no data for with grey, without a word; libjpeg-turbo through
+    simplejpeg, in its strict mode, raises its warning instead ("Premature end of JPEG file",
+    "premature end of data segment"). Decoded at an eighth of the size: the scan is read whole all the
+    same. Call it only on a JPEG whose pixel count was checked.
+    """
+    try:
+        _, _, colour, _ = simplejpeg.decode_jpeg_header(data)
+        space = "CMYK" if colour in ("CMYK", "YCCK") else "GRAY" if colour == "Gray" else "RGB"
+        simplejpeg.decode_jpeg(data, colorspace=space, min_factor=8, strict=True)
+    except ValueError as warning:
+        if "premature end" in str(warning).lower():
+            raise Damaged("its image data is cut short") from None
+        # Any other warning (stray bytes between segments, say): Pillow decoded it, and that stands.
 
 
 def keeps_segment(marker: int, body: bytes) -> bool:

@@ -60,6 +60,11 @@ def nginx_config(run_folder: str, listen: str, upstream: str, max_body: int) -> 
         504: (504, "server_timeout", "the app server took too long to answer: try again later"),
         400: (400, "bad_request", "the request could not be read: check its headers and body"),
         404: (404, "not_found", "there is nothing at this address: check the URL"),
+        405: (405, "method_not_allowed", "this address does not take that method: see the README for the API"),
+        501: (501, "not_implemented", "the request uses a transfer coding this server does not take: send the body "
+                                      "as it is, or chunked"),
+        505: (505, "http_version_not_supported", "this server speaks HTTP/1.0 and HTTP/1.1: send the request in "
+                                                 "one of those"),
         414: (414, "uri_too_long", f"the address is longer than {kb} KB: shorten its query, or send the data in a "
                                    "request's body"),
         # nginx's own status, shown as a plain 400, for a header field over one buffer, a head over all of them,
@@ -137,7 +142,7 @@ def main() -> int:
         config = {**settings.DEFAULTS, **settings.from_environment(os.environ)}
     except SettingError as error:
         log.error("cannot start: %s", error)
-        return 1
+        return error.exit_status
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     nginx = shutil.which("nginx") or next((path for path in ("/usr/sbin/nginx",) if os.path.exists(path)), None)
     public = listen_address(config["HOST"], config["PORT"])

@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import re
+import stat
 import tempfile
 from contextlib import contextmanager
 
@@ -57,21 +58,30 @@ def check_readable(path: str, setting: str, instead: str = "") -> None:
     """Stop the start when a data file the setting names exists but this process may not read it.
 
     Raises SettingError naming the setting, the path, the reason and the fix (or `instead`, another
-    one); a missing file is fine.
+    one); a missing file is fine. Opened without blocking, so that a FIFO in its place cannot hang the start.
     """
+    instead = instead or f"set {setting} to another path"
     try:
-        with open(path, "rb"):
-            pass
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return
     except OSError as error:
-        instead = instead or f"set {setting} to another path"
-        if isinstance(error, IsADirectoryError):
-            raise SettingError(f"{setting} {path} is a folder, not a file: {instead}") from None
-        user = pwd.getpwuid(os.geteuid()).pw_name
         raise SettingError(f"{setting} {path} cannot be read ({error.strerror}): give the user the app runs as "
-                           f"({user}) read and write access to it and its folder (chown or chmod), or {instead}"
+                           f"({user_name()}) read and write access to it and its folder (chown or chmod), or {instead}"
                            ) from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise SettingError(f"{setting} {path} is not a file (a folder, a pipe or a device): {instead}")
+    finally:
+        os.close(descriptor)
+
+
+def user_name() -> str:
+    """Who this process runs as: a user name, or the bare uid of one with no entry (a container's --user N)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def check_writable(folder: str, setting: str) -> None:

@@ -170,6 +170,18 @@ def test_an_unreadable_request_line_is_a_json_400(make_run):
     assert json.loads(body)["code"] == "bad_request"
 
 
+@pytest.mark.parametrize("head, status, code", [
+    (b"TRACE /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, "method_not_allowed"),
+    (b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "not_implemented"),
+    (b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 505, "http_version_not_supported"),
+], ids=["trace", "gzip-transfer-coding", "http-9.9"])
+def test_what_nginx_refuses_itself_is_json(make_run, head, status, code):
+    answer = raw(make_run, head)
+    status_line, _, body = answer.partition(b"\r\n\r\n")
+    assert status_line.startswith(f"HTTP/1.1 {status}".encode()) and b"application/json" in status_line, answer[:300]
+    assert json.loads(body)["code"] == code
+
+
 def test_nginx_error_pages_are_not_reachable_from_outside(make_run):
     json_error(get(make_run, serve.ERROR_PAGES + "494"), 404, "not_found")
 

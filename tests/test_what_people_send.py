@@ -13,7 +13,7 @@ from PIL import Image, ImageCms
 
 import images
 from conftest import FakeAnswerer, FakeCaptioner, image_bytes, stored_files
-from errors import InvalidImage
+from errors import InvalidImage, SettingError
 from servers import PYTHON, GUNICORN, Serving, free_port, start, stop, wait_until_up
 
 LIMIT = 40_000_000
@@ -165,6 +165,48 @@ def test_a_jpeg_with_a_damaged_header_keeps_its_orientation_and_colours():
     assert pixels(cmyk[:2] + segment(0xE0, b"JFIF\0") + cmyk[2:]) == pixels(cmyk)  # Adobe's transform kept
 
 
+def with_bad_crc(png: bytes, kind: bytes) -> bytes:
+    """The PNG with a wrong CRC on its first chunk of that kind."""
+    at = png.index(kind) - 4
+    (length,) = struct.unpack_from(">I", png, at)
+    return png[: at + 8 + length] + b"\0\0\0\0" + png[at + 12 + length :]
+
+
+@pytest.mark.parametrize("kind", [b"IDAT", b"IEND"])
+def test_a_wrong_crc_on_the_data_or_the_end_does_not_refuse_a_salvaged_png(kind):
+    # IDAT's zlib stream has its own checksum and IEND only ends the file: neither refuses a file whose other chunk
+    # sent it down the salvage path.
+    data = with_bad_crc(png_with(chunk(b"pHYs", b"\0" * 9, crc=0)), kind)
+    assert pixels(data) == pixels(clean_png())
+
+
+def test_a_jpeg_without_its_end_marker_keeps_every_pixel():
+    for save in ({}, {"progressive": True}):
+        whole = clean_jpeg(**save)
+        assert pixels(whole[:-2]) == pixels(whole)
+
+
+def test_xmp_orientation_counts_on_both_paths():
+    # Pillow turns an image by XMP's tiff:Orientation too; a damaged chunk elsewhere must not change that.
+    xmp = chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/>'
+                b"</x:xmpmeta>")
+    strict = images.read_image(io.BytesIO(png_with(xmp)), max_pixels=LIMIT).pixels.size
+    salvaged = images.read_image(io.BytesIO(png_with(xmp, chunk(b"pHYs", b"\0" * 9, crc=0))), max_pixels=LIMIT)
+    assert strict == salvaged.pixels.size == (16, 24)
+    jpeg_xmp = segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + b'<x:xmpmeta tiff:Orientation="6"/>')
+    assert pixels(jpeg_with(jpeg_xmp)) == pixels(jpeg_with(jpeg_xmp, segment(0xEE, b"Adobe\0")))
+
+
+def test_a_warning_is_one_bounded_line_whatever_the_chunks_are_called(caplog):
+    names = [bytes([0x61 + i // 26, 0x61 + i % 26]) + b"\r\n" for i in range(300)]
+    data = png_with(*[chunk(name, b"", crc=0) for name in names])
+    with caplog.at_level(logging.WARNING, logger="images"):
+        assert pixels(data) == pixels(clean_png())
+    [warning] = [record.getMessage() for record in caplog.records if record.name == "images"]
+    assert "\r" not in warning and "\n" not in warning and "aa\\x0d\\x0a (wrong CRC)" in warning
+    assert "and 290 more" in warning and len(warning) < 1000
+
+
 # 1. Damage to the pixels themselves: refused, saying so.
 
 def damaged_pixels() -> dict[str, bytes]:
@@ -182,7 +224,12 @@ def damaged_pixels() -> dict[str, bytes]:
         # Apple's iPhone-optimised PNG: raw deflate behind a critical chunk of its own, which browsers refuse too.
         "png-apple-cgbi": b"\x89PNG\r\n\x1a\n" + chunk(b"CgBI", b"\x50\x00\x20\x06") + header + chunk(
             b"IDAT", raw_deflate.compress(bytes(24 * 16 * 4 + 16)) + raw_deflate.flush()) + chunk(b"IEND", b""),
+        "png-data-ends-early": b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(bytes(8 * (1 + 24 * 3))))
+        + chunk(b"IEND", b""),  # a whole zlib stream of half the rows, which Pillow would fill with black
+        "png-chunk-past-the-end": png_with(chunk(b"tEXt", b"k\0v")[:4].replace(b"\0\0\0\x03", b"\xff\xff\xff\xff")
+                                           + b"tEXtk\0v\0\0\0\0"),
         "jpeg-cut-in-its-data": jpeg[: scan_at + (len(jpeg) - scan_at) // 2],
+        "jpeg-cut-then-ended": jpeg[: scan_at + (len(jpeg) - scan_at) // 2] + b"\xff\xd9",  # Pillow: grey rows
         "jpeg-cut-in-its-tables": jpeg[: scan_at // 2],
         "jpeg-headers-only": jpeg[:scan_at],
     }
@@ -192,7 +239,8 @@ def damaged_pixels() -> dict[str, bytes]:
 def test_damaged_pixels_are_refused_saying_so(name):
     with pytest.raises(InvalidImage) as refused:
         images.read_image(io.BytesIO(damaged_pixels()[name]), max_pixels=LIMIT)
-    assert refused.value.code == "damaged_image"
+    assert refused.value.code == "damaged_image", refused.value.message
+    assert "no IDAT" not in refused.value.message or name == "png-no-data"
     assert ("PNG" if name.startswith("png") else "JPEG") in refused.value.message
     assert "damaged" in refused.value.message
 
@@ -212,6 +260,7 @@ OTHER_FORMATS = {
     "JPEG 2000": b"\0\0\0\x0cjP  \r\n\x87\n" + bytes(64),
     "ICO": image_bytes("ICO", size=(16, 16)),
     "Photoshop (PSD)": b"8BPS\0\x01" + bytes(64),
+    "ISO media (MP4, MOV ...)": b"\0\0\0\x18ftypisomheicisommp41" + bytes(64),  # "heic" is the minor version here
     "SVG": b'\xef\xbb\xbf<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
 }
 
@@ -221,10 +270,13 @@ def test_another_format_is_named_and_refused(expected):
     with pytest.raises(InvalidImage) as refused:
         images.read_image(io.BytesIO(OTHER_FORMATS[expected]), max_pixels=LIMIT)
     assert refused.value.code == "unsupported_image_format"
-    assert f"is a {expected.strip()} " in refused.value.message and "convert it to PNG or JPEG" in refused.value.message
+    article = "an" if expected.startswith(("A", "I", "SVG")) else "a"
+    assert f"is {article} {expected.strip()} " in refused.value.message
+    assert "convert it to PNG or JPEG" in refused.value.message
 
 
-@pytest.mark.parametrize("data", [b"just some text", b"RIFF\0\0\0\0WAVEfmt ", bytes(100)], ids=["text", "wav", "zeros"])
+@pytest.mark.parametrize("data", [b"just some text", b"RIFF\0\0\0\0WAVEfmt ", bytes(100), b"BMW owners' notes"],
+                         ids=["text", "wav", "zeros", "text-starting-BM"])
 def test_what_no_signature_names_is_not_an_image(data):
     with pytest.raises(InvalidImage) as refused:
         images.read_image(io.BytesIO(data), max_pixels=LIMIT)
@@ -297,6 +349,14 @@ def test_damaged_pixels_are_refused_over_http(served, data_dir):
     ('; filename="a\u2066b\u2069c\u200f.jpg"'.encode(), "abc.jpg"),
     (b'; filename="tab\there.jpg"', "tabhere.jpg"),
     (("; filename=\"" + "\u540d" * 150 + ".jpeg\"").encode(), "\u540d" * 95 + ".jpeg"),
+    (b"; filename=\"a.png\"; filename*=idna''%C3%A9.png", "a.png"),  # a charset that cannot decode it
+    (b"; filename=\"a.png\"; filename*=punycode''%FF.png", "a.png"),
+    (b"; filename=\"plain.png\"; filename*=bogus''abc.png", "plain.png"),  # a charset Python does not know
+    (b"; filename=\"a; filename*=UTF-8''evil.png\"", "a; filename*=UTF-8''evil.png"),  # inside quotes: the name
+    (b"; filename*=''", None),
+    ("; filename=\"\u200b\ufeff\u2060\xad\U000e0041\"".encode(), None),  # nothing visible
+    (("; filename=\"" + "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 40 + ".png\"").encode(),
+     "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 19 + ".png"),  # a family is not cut in two
     (b'; filename=".."', None),
     ('; filename="\u202e\u2066"'.encode(), None),
     (b'; filename=""', None),
@@ -352,6 +412,14 @@ def test_a_history_the_app_may_not_read_stops_the_start_in_one_line(tmp_path, se
     setting = "HISTORY_FILE" if store == "json" else "DATABASE_URL"
     assert setting in errors[0] and str(history) in errors[0] and "Permission denied" in errors[0]
     assert "chmod" in errors[0]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_history_that_is_no_file_stops_the_start_at_once(make_app, tmp_path, kind):
+    path = tmp_path / "history.json"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)  # opening a FIFO to read would wait for a writer
+    with pytest.raises(SettingError, match="HISTORY_FILE .* is not a file"):
+        make_app(HISTORY_FILE=str(path))
 
 
 def test_a_history_replaced_by_one_the_app_may_not_read_is_a_503(tmp_path):
