@@ -7,6 +7,9 @@ a critical one, and JPEG's APPn and COM segments (ITU T.81, B.2.4.5 and B.2.4.6)
 applications, never needed to decode. These functions copy what decodes the pixels and nothing
 else; the colour profile and the EXIF block are handed back beside the copy when they can be read,
 so that colours and orientation survive. Damage to the pixels' own parts raises Damaged.
+
+The other way round, Pillow fills the rows after image data that ends early with black or grey without
+a word; check_png_complete and check_scan_complete tell such a file from a whole one.
 """
 
 import struct
@@ -26,8 +29,8 @@ MAX_PROFILE_BYTES = 4 * 2**20  # far above any real ICC profile; a larger one is
 # tells libjpeg how to read three- and four-channel data).
 JPEG_START, JPEG_END, JPEG_SCAN, JPEG_COMMENT = 0xD8, 0xD9, 0xDA, 0xFE
 JPEG_APP0, JPEG_APP1, JPEG_APP2, JPEG_APP14 = 0xE0, 0xE1, 0xE2, 0xEE
-JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
-JPEG_END_MARKER = b"\xff\xd9"  # TEM and RST0-7 carry no length
+JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
+JPEG_END_MARKER = b"\xff\xd9"
 EXIF_HEADER = b"Exif\x00\x00"
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
