@@ -46,8 +46,9 @@ def upload(files, form, gave_up: Callable[[], bool] = bool) -> tuple[dict, image
     """Validate an uploaded file (and an optional caption prompt), caption it, keep it."""
     sent = files.getlist("image")
     if not sent:
-        raise InvalidInput("no image in the request: send the file in the multipart field 'image'",
-                           code="missing_image")
+        # werkzeug drops a whole multipart body whose part headers are not UTF-8 (a Latin-1 file name from curl -F).
+        raise InvalidInput("no image in the request: send the file in the multipart field 'image', its file name in "
+                           "UTF-8 (a part whose header is in another encoding cannot be read)", code="missing_image")
     if len(sent) > 1:
         raise InvalidInput(f"{len(sent)} files came in the field 'image': send one image per upload",
                            code="too_many_files")

@@ -79,12 +79,14 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
 
 
 def start_services(app: Flask, captioner, answerer, hf_client) -> None:
-    """The history, the models, the inference client; and the sweep of what a crash left.
+    """The history, the inference client, the models; and the sweep of what a crash left.
 
-    The history comes first: a setting that stops the start stops it before minutes of loading models.
+    The history and the client come first: a setting that stops the start stops it before minutes of
+    loading models.
     """
     history = open_store(app.config["DATABASE_URL"] or app.config["HISTORY_FILE"], app.root_path)
     app.extensions["history"] = history
+    app.extensions["hf_client"] = hf_client or build_hf_client(app.config, history.key_states())
     if captioner is None or answerer is None:
         loaded_captioner, loaded_answerer = load_models(app.config, captioner is None, answerer is None)
         captioner = captioner or loaded_captioner
@@ -96,7 +98,6 @@ def start_services(app: Flask, captioner, answerer, hf_client) -> None:
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000, max_queue=app.config["MAX_QUEUE"],
         max_background=app.config["MAX_BACKGROUND"], timeout=app.config["MODEL_TIMEOUT"])
     app.extensions["decoding"] = threading.BoundedSemaphore(app.config["MAX_DECODES"])
-    app.extensions["hf_client"] = hf_client or build_hf_client(app.config, history.key_states())
     # An empty history keeps every stored file: it may be a new store the old one was not copied to yet.
     storage.sweep(app.config["UPLOAD_FOLDER"], [app.config["UPLOAD_FOLDER"], app.config["GENERATED_FOLDER"]],
                   history.filenames() or None)
@@ -148,7 +149,10 @@ def build_hf_client(config, key_states=None):
     client = HFClient(keys, config["SD_MODEL"], provider=config["HF_PROVIDER"], router_url=config["HF_ROUTER_URL"],
                       timeout=config["HF_TIMEOUT"], deadline=config["HF_DEADLINE"], max_tries=config["HF_MAX_TRIES"],
                       exhausted_cooldown=config["HF_EXHAUSTED_COOLDOWN"], key_states=key_states)
-    client.discover_in_background()  # which providers serve SD_MODEL: logged, and shown by /healthz
+    if keys:  # which providers serve SD_MODEL: logged, and shown by /healthz; without a key nothing can be drawn
+        client.discover_in_background()
+    else:
+        log.info("no Hugging Face API key (HF_API_KEYS or HF_API_KEYS_FILE): image generation is off")
     return client
 
 

@@ -5,6 +5,8 @@ import re
 import unicodedata
 from email.message import Message
 
+import regex
+
 from errors import InvalidInput
 
 # Lone surrogates cannot be stored as UTF-8; control characters (but tab and newlines) are never text.
@@ -12,12 +14,15 @@ NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 # Only ASCII digits: Python's int() and float() would take '٣', '1_000', 'nan' and 'inf' too.
 WHOLE = re.compile(r"[+-]?[0-9]+")
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-# Bidirectional formatting characters: an override shows "photo\u202egpj.exe" as "photoexe.jpg" (the
-# Trojan Source kind, CVE-2021-42574). Tab, newlines and other controls are never part of a name either.
-NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+# What a name may not hold: controls (tab and newlines too), line separators, lone surrogates, and the invisible
+# characters Unicode calls default-ignorable (zero-width spaces, soft hyphens, fillers, bidi controls: an override shows
+# "photo\u202egpj.exe" as "photoexe.jpg", the Trojan Source kind, CVE-2021-42574), but those that join or select
+# (ZWJ, ZWNJ, variation selectors, emoji tags), which emoji and some scripts need.
+NOT_IN_NAMES = regex.compile(r"[[\p{Cc}\p{Cs}\p{Zl}\p{Zp}\p{Default_Ignorable_Code_Point}]--[\u200c\u200d\ufe00-\ufe0f"
+                             r"\U000e0020-\U000e007f\U000e0100-\U000e01ef]]", regex.VERSION1)
+# Something a person can see: not a space, not default-ignorable, not the Braille blank.
+VISIBLE = regex.compile(r"[^\s\p{Default_Ignorable_Code_Point}\u2800]")
 MAX_FILE_NAME = 100
-# What joins the character before it: a zero-width joiner, variation selectors, emoji skin tones.
-JOINED = {"\u200d", "\ufe0e", "\ufe0f", *map(chr, range(0x1F3FB, 0x1F400))}
 
 
 def text(fields, name: str, *, max_length: int, required: bool = True) -> str | None:
@@ -67,13 +72,14 @@ def number(fields, name: str, *, low, high, kind=int, multiple_of: int = 1, defa
 def file_name(file) -> str | None:
     """The name a person gave an uploaded file (a werkzeug FileStorage), fit to show and keep.
 
-    Any script, Unicode-normalised (NFC); no folders, control characters or bidi overrides; at most
-    MAX_FILE_NAME characters, the extension kept and no character cut in two; None when nothing
-    visible is left.
+    Any script, Unicode-normalised (NFC); no folders, control characters, bidi overrides or other
+    invisible characters; at most MAX_FILE_NAME characters, cut between user-perceived characters
+    (Unicode's grapheme clusters: a flag, an emoji family, a conjunct stay whole), an extension of up
+    to 10 characters kept; None when nothing visible is left.
     """
     name = unicodedata.normalize("NFC", given_name(file))
     name = NOT_IN_NAMES.sub("", re.split(r"[/\\]", name)[-1]).strip()
-    if name in (".", "..") or not any(unicodedata.category(char)[0] in "LNPS" for char in name):
+    if name in (".", "..") or not VISIBLE.search(name):
         return None
     if len(name) > MAX_FILE_NAME:
         stem, extension = os.path.splitext(name)
@@ -107,9 +113,11 @@ def given_name(file) -> str:
 
 
 def whole_characters(text: str, limit: int) -> str:
-    """At most limit code points of text, never ending inside a combined character (a mark, an emoji sequence)."""
-    end = min(limit, len(text))
-    while 0 < end < len(text) and (unicodedata.category(text[end]).startswith("M") or text[end] in JOINED
-                                   or text[end - 1] == "\u200d"):
-        end -= 1
-    return text[:end]
+    """The longest start of text of at most limit code points that ends between grapheme clusters."""
+    kept, length = [], 0
+    for cluster in regex.findall(r"\X", text):
+        if length + len(cluster) > limit:
+            break
+        kept.append(cluster)
+        length += len(cluster)
+    return "".join(kept)

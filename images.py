@@ -4,6 +4,7 @@ import functools
 import io
 import logging
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -41,8 +42,12 @@ SIGNATURES = [
     (0, b"GIF87a", "GIF"), (0, b"GIF89a", "GIF"), (0, b"II*\x00", "TIFF"),
     (0, b"MM\x00*", "TIFF"), (0, b"%PDF-", "PDF"), (0, b"\xff\x0a", "JPEG XL"),
     (4, b"JXL \r\n\x87\n", "JPEG XL"), (4, b"jP  \r\n\x87\n", "JPEG 2000"), (0, b"\xffO\xffQ", "JPEG 2000"),
-    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"8BPS", "Photoshop (PSD)"),
+    (0, b"\x00\x00\x01\x00", "ICO"), (0, b"8BPS", "Photoshop (PSD)"), (0, b"II+\x00", "TIFF"),
+    (0, b"MM\x00+", "TIFF"), (0, b"\x00\x00\x02\x00", "cursor (CUR)"),
 ]
+# An SVG document, as the page tells one too: an optional BOM, XML declaration, comments and DOCTYPE, then <svg.
+SVG_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>]",
+                       re.IGNORECASE | re.DOTALL)
 # ISO media files (an ftyp box at 4): the brands that name a picture format.
 ISO_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", **dict.fromkeys(
     [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"], "HEIC/HEIF")}
@@ -72,8 +77,10 @@ def sniff(head: bytes) -> str | None:
     if head.startswith(b"BM") and head[6:10] == bytes(4) and head[14:18] in BMP_HEADER_SIZES:
         return "BMP"
     found = next((name for offset, magic, name in SIGNATURES if head[offset : offset + len(magic)] == magic), None)
-    if found is None and b"<svg" in head.lstrip(b"\xef\xbb\xbf \t\r\n")[:HEAD_BYTES].lower():
+    if found is None and SVG_START.match(head):
         return "SVG"
+    if found is None and b"%PDF-" in head:  # a PDF may start with other bytes (PDF 32000-1, 7.5.2 and its notes)
+        return "PDF"
     return found
 
 
@@ -108,7 +115,7 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
             pixels = decode(salvaged.data, image_format, limit, notes, salvaged.info)
             why = "" if isinstance(strict, UnidentifiedImageError) else f" ({strict})"
             broken = said(list(dict.fromkeys(salvaged.dropped)))
-            notes.insert(0, f"a strict read refused it{why}; its pixels were kept and its metadata dropped{broken}")
+            notes.insert(0, f"a strict read refused it{why}; its pixels were read without its metadata{broken}")
             data = salvaged.data
         check_complete(image_format, data)
     except salvage.Damaged as damage:
@@ -116,7 +123,7 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
     except UNREADABLE as error:  # the pixels-only copy did not decode either
         raise damaged(image_format, "its pixel data is cut short or broken") from error
     if notes:
-        log.warning("an uploaded %s had unreadable metadata, accepted without it: %s", image_format,
+        log.warning("accepted an uploaded %s without what could not be read: %s", image_format,
                     "; ".join(notes))
     return encode(pixels, image_format)
 
@@ -175,7 +182,7 @@ def unsupported(image_format: str | None) -> InvalidImage:
         return InvalidImage("the file is not a PNG or JPEG image, nor another image format this server recognises: "
                             "upload a PNG or JPEG file", code="not_an_image")
     noun = "document" if image_format == "PDF" else "file" if image_format.startswith("ISO") else "image"
-    article = "an" if image_format.startswith(("A", "I", "SVG")) else "a"  # as the names are read out
+    article = "an" if image_format.startswith(("A", "I", "SVG")) else "a"  # as the names are read out loud
     return InvalidImage(f"the file is {article} {image_format} {noun}, and only PNG and JPEG images can be read here: "
                         "convert it to PNG or JPEG (any image viewer's Save As or Export does) and upload that",
                         code="unsupported_image_format")

@@ -31,6 +31,9 @@ JPEG_START, JPEG_END, JPEG_SCAN, JPEG_COMMENT = 0xD8, 0xD9, 0xDA, 0xFE
 JPEG_APP0, JPEG_APP1, JPEG_APP2, JPEG_APP14 = 0xE0, 0xE1, 0xE2, 0xEE
 JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
 JPEG_END_MARKER = b"\xff\xd9"
+# Frame headers (SOF0-3, 5-7, 9-11, 13-15): every one but DHT (C4), JPG (C8) and DAC (CC).
+JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
 EXIF_HEADER = b"Exif\x00\x00"
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
@@ -83,6 +86,8 @@ def png(data: bytes) -> Salvaged:
             kept.append(data[position:end])
         elif not intact:
             salvaged.dropped.append(f"{name} (wrong CRC)")
+        elif kind == b"tRNS" and not transparency_fits(body, kept):
+            salvaged.dropped.append("tRNS (the wrong length for its colour type)")
         elif kind in PNG_PIXEL_CHUNKS:
             kept.append(data[position:end])
         elif kind == b"iCCP":
@@ -96,6 +101,16 @@ def png(data: bytes) -> Salvaged:
         raise Damaged("it has no image data (no IDAT chunk)")
     salvaged.data = b"".join(kept) + PNG_END  # the pixels may all be there: the decoder says whether they are
     return salvaged
+
+
+def transparency_fits(body: bytes, kept: list[bytes]) -> bool:
+    """Whether a tRNS chunk is as long as the image's colour type has it (PNG 11.3.2.1); browsers ignore another."""
+    header = next((chunk[8:-4] for chunk in kept if chunk[4:8] == b"IHDR"), b"")
+    palette = next((len(chunk) - 12 for chunk in kept if chunk[4:8] == b"PLTE"), 0)
+    if len(header) < 10:
+        return False
+    colour = header[9]
+    return {0: len(body) == 2, 2: len(body) == 6, 3: 0 < len(body) <= palette // 3}.get(colour, False)
 
 
 def printable(kind: bytes) -> str:
@@ -184,6 +199,7 @@ def jpeg(data: bytes) -> Salvaged:
         raise Damaged("it ends before its image data")
     if not data.endswith(JPEG_END_MARKER):
         kept.append(JPEG_END_MARKER)  # whether the scan before it is whole, check_scan_complete says
+        salvaged.dropped.append("no end marker (one added)")
     if profile_parts:
         if sorted(profile_parts) == list(range(1, len(profile_parts) + 1)):
             salvaged.info["icc_profile"] = b"".join(profile_parts[n] for n in sorted(profile_parts))
@@ -225,13 +241,20 @@ def check_png_complete(data: bytes) -> None:
 
 
 def check_scan_complete(data: bytes) -> None:
-    """Raise Damaged when a JPEG's scan is cut short, though an end marker follows it.
+    """Raise Damaged when a JPEG's image data ends early, though the file may look whole.
 
-    Pillow's libjpeg fills rows it has no data for with grey, without a word; libjpeg-turbo through
-    simplejpeg, in its strict mode, raises its warning instead ("Premature end of JPEG file",
-    "premature end of data segment"). Decoded at an eighth of the size: the scan is read whole all the
-    same. Call it only on a JPEG whose pixel count was checked.
+    Pillow's libjpeg fills what it has no data for without a word: grey rows after a scan that was
+    cut and given an end marker, blurred blocks when a progressive file ends between its scans. So
+    the scans' headers must cover every component's 64 coefficients to the last bit, and libjpeg-turbo
+    through simplejpeg, in its strict mode, must read the scans to the end without a premature end
+    ("Premature end of JPEG file", "premature end of data segment"), at an eighth of the size. A
+    missing end marker alone is no damage: one is added before reading. Call it only on a JPEG whose
+    pixel count was checked.
     """
+    if not data.endswith(JPEG_END_MARKER):
+        data += JPEG_END_MARKER
+    if not scans_cover_every_coefficient(data):
+        raise Damaged("its image data ends before its last scan")
     try:
         _, _, colour, _ = simplejpeg.decode_jpeg_header(data)
         space = "CMYK" if colour in ("CMYK", "YCCK") else "GRAY" if colour == "Gray" else "RGB"
@@ -239,7 +262,53 @@ def check_scan_complete(data: bytes) -> None:
     except ValueError as warning:
         if "premature end" in str(warning).lower():
             raise Damaged("its image data is cut short") from None
-        # Any other warning (stray bytes between segments, say): Pillow decoded it, and that stands.
+        # Any other warning (stray bytes between segments, say): Pillow decoded it, and that stands. A JPEG
+        # carries no checksum, so a changed byte inside a scan shows as wrong pixels, as in a browser.
+
+
+def scans_cover_every_coefficient(data: bytes) -> bool:
+    """Whether the scans before the first end marker bring each component's 64 coefficients to full precision.
+
+    A sequential scan brings its components' coefficients 0 to 63 at once; a progressive one a band of
+    them (Ss to Se) to bit Al (ITU T.81, G.1.1), and the last of a band's scans reaches bit 0.
+    """
+    components: list[int] = []
+    reached: dict[tuple[int, int], int] = {}  # (component, coefficient) -> the lowest bit a scan reached
+    position = 2
+    while (found := next_marker(data, position)) is not None:
+        marker, at = found
+        if marker == JPEG_END or at + 2 > len(data):
+            break
+        if marker in JPEG_STANDALONE:
+            position = at
+            continue
+        (length,) = struct.unpack_from(">H", data, at)
+        body = data[at + 2 : at + length]
+        if marker in JPEG_FRAMES and len(body) >= 6:
+            components = [body[6 + 3 * index] for index in range(body[5]) if 6 + 3 * index < len(body)]
+        elif marker == JPEG_SCAN and body:
+            count = body[0]
+            if len(body) < 4 + 2 * count:
+                break
+            start, end, bits = body[1 + 2 * count], body[2 + 2 * count], body[3 + 2 * count] & 0x0F
+            for component in body[1 : 1 + 2 * count : 2]:
+                for coefficient in range(start, min(end, 63) + 1):
+                    reached[component, coefficient] = min(reached.get((component, coefficient), 99), bits)
+        position = at + length  # after a scan's header, its entropy-coded data: the search steps over it
+    return bool(components) and all(reached.get((component, coefficient)) == 0
+                                    for component in components for coefficient in range(64))
+
+
+def next_marker(data: bytes, position: int) -> tuple[int, int] | None:
+    """The next marker's code at or after position, and where its segment starts; None at the end.
+
+    0xFF then 0 is a byte of entropy-coded data, and 0xFF then 0xFF a fill byte before a marker.
+    """
+    while (at := data.find(b"\xff", position)) >= 0 and at + 1 < len(data):
+        if data[at + 1] not in (0x00, 0xFF):
+            return data[at + 1], at + 2
+        position = at + 1
+    return None
 
 
 def keeps_segment(marker: int, body: bytes) -> bool:

@@ -14,6 +14,7 @@ sys.path.insert(0, ROOT)  # the app's own modules
 
 import random_blip  # noqa: E402  (beside this script)
 from app import instance_secret_key  # noqa: E402
+from errors import SettingError  # noqa: E402
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -25,10 +26,14 @@ if __name__ == "__main__":
     os.environ.setdefault("UPLOAD_FOLDER", os.path.join(data, "uploads"))
     os.environ.setdefault("GENERATED_FOLDER", os.path.join(data, "uploads", "generated"))
     os.environ.setdefault("HISTORY_FILE", os.path.join(data, "history.json"))
-    os.environ.setdefault("SECRET_KEY", instance_secret_key(data))
     from app import create_app
 
-    demo = create_app()
+    try:
+        os.environ.setdefault("SECRET_KEY", instance_secret_key(data))
+        demo = create_app()
+    except SettingError as error:  # as app.py does: one line, and the status gunicorn's master understands
+        logging.getLogger("demo").error("cannot start: %s", error)
+        sys.exit(error.exit_status)
     logging.getLogger("demo").warning("demo models with random weights: captions and answers are meaningless; "
                                       "its data is kept apart, in %s", data)
     demo.run(host=demo.config["HOST"], port=demo.config["PORT"], threaded=True)

@@ -32,7 +32,8 @@ const MESSAGES = {
   all_keys_busy: "Drawing is busy right now. Try again in a little while.",
   model_not_served: "Drawing is not available right now: the server's drawing model is not offered by any provider.",
   generation_rejected: "The drawing service did not accept these settings. Change them and try again.",
-  invalid_num_inference_steps: "The drawing model does not take that number of steps. Leave Steps blank for its default.",
+  invalid_num_inference_steps:
+    "The drawing model does not take that number of steps. Leave Steps blank for its default.",
   invalid_guidance_scale: "The drawing model does not take that guidance scale. Leave it blank.",
   invalid_negative_prompt: "The drawing model does not use a negative prompt. Leave it blank.",
   insufficient_storage: "The server's disk is full, so nothing was saved. Try again later.",
@@ -136,6 +137,8 @@ const SVG_START = /^\uFEFF?\s*(<\?xml[^>]*>\s*)?(<!--[\s\S]*?-->\s*|<!DOCTYPE[^>
 
 // A file's format by its first bytes, as the server judges it (by content, never by name): "PNG", "JPEG",
 // another name from FORMATS, or "" for nothing recognisable.
+const BMP_HEADER_SIZES = [12, 16, 40, 52, 56, 64, 108, 124];
+
 function formatOf(bytes) {
   const has = (signature, offset = 0) => [...signature].every((value, index) =>
     bytes[offset + index] === (typeof value === "string" ? value.charCodeAt(0) : value));
@@ -144,7 +147,8 @@ function formatOf(bytes) {
   if (has("GIF87a") || has("GIF89a")) return "GIF";
   if (has("RIFF") && has("WEBP", 8)) return "WebP";
   if (has("II*\0") || has("MM\0*")) return "TIFF";
-  if (has("BM")) return "BMP";
+  // "BM", zero reserved fields, and a header size one of BMP's versions uses: not any text that starts "BM".
+  if (has("BM") && has([0, 0, 0, 0], 6) && BMP_HEADER_SIZES.includes(bytes[14]) && has([0, 0, 0], 15)) return "BMP";
   if (has("%PDF-")) return "PDF";
   if (has("ftyp", 4)) return isoFormatOf(bytes);
   if (has([0xff, 0x0a]) || has([0, 0, 0, 0x0c, 0x4a, 0x58, 0x4c, 0x20, 0x0d, 0x0a, 0x87, 0x0a])) return "JPEG XL";

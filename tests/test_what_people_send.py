@@ -146,7 +146,7 @@ def test_one_warning_says_what_was_dropped(name, said, caplog):
     with caplog.at_level(logging.WARNING, logger="images"):
         images.read_image(io.BytesIO(PNG_METADATA_DAMAGE[name]), max_pixels=LIMIT)
     [warning] = [record.getMessage() for record in caplog.records if record.name == "images"]
-    assert warning.startswith("an uploaded PNG had unreadable metadata, accepted without it") and said in warning
+    assert warning.startswith("accepted an uploaded PNG without what could not be read") and said in warning
 
 
 def test_readable_metadata_still_counts_after_a_damaged_chunk():
@@ -172,6 +172,17 @@ def with_bad_crc(png: bytes, kind: bytes) -> bytes:
     return png[: at + 8 + length] + b"\0\0\0\0" + png[at + 12 + length :]
 
 
+@pytest.mark.parametrize("mode, transparency", [("RGB", b"\0\0"), ("L", b"\0"), ("RGBA", b"\0\0")])
+def test_a_transparency_chunk_of_the_wrong_length_is_dropped(mode, transparency):
+    # Pillow refuses a tRNS chunk shorter than its colour type needs; browsers ignore it and show the pixels.
+    image = Image.open(io.BytesIO(clean_png())).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    header, *rest = png_chunks(buffer.getvalue())
+    data = b"\x89PNG\r\n\x1a\n" + header + chunk(b"tRNS", transparency) + b"".join(rest)
+    assert pixels(data) == pixels(buffer.getvalue())
+
+
 @pytest.mark.parametrize("kind", [b"IDAT", b"IEND"])
 def test_a_wrong_crc_on_the_data_or_the_end_does_not_refuse_a_salvaged_png(kind):
     # IDAT's zlib stream has its own checksum and IEND only ends the file: neither refuses a file whose other chunk
@@ -181,9 +192,33 @@ def test_a_wrong_crc_on_the_data_or_the_end_does_not_refuse_a_salvaged_png(kind)
 
 
 def test_a_jpeg_without_its_end_marker_keeps_every_pixel():
-    for save in ({}, {"progressive": True}):
-        whole = clean_jpeg(**save)
-        assert pixels(whole[:-2]) == pixels(whole)
+    # Sizes and qualities at which libjpeg reads ahead past the end of the file, and at which it does not.
+    for size, quality in [((24, 16), 90), ((86, 222), 27), ((640, 480), 75), ((1000, 700), 90)]:
+        for progressive in (False, True):
+            picture = Image.effect_noise(size, 50).convert("RGB")
+            buffer = io.BytesIO()
+            picture.save(buffer, "JPEG", quality=quality, progressive=progressive)
+            whole = buffer.getvalue()
+            assert pixels(whole[:-2]) == pixels(whole), (size, quality, progressive)
+
+
+def progressive_cut_between_scans() -> list[bytes]:
+    """A progressive JPEG cut right before each of its later scans, with and without an end marker."""
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 48), 50).convert("RGB").save(buffer, "JPEG", progressive=True, quality=90)
+    whole = buffer.getvalue()
+    scans = [at for at in range(len(whole) - 1) if whole[at : at + 2] == b"\xff\xda"]
+    return [cut for at in scans[1:] for cut in (whole[:at], whole[:at] + b"\xff\xd9")]
+
+
+def test_a_progressive_jpeg_cut_between_its_scans_is_refused():
+    # libjpeg says nothing of such a file and Pillow shows it blurred: its scans' headers tell.
+    cuts = progressive_cut_between_scans()
+    assert len(cuts) >= 10
+    for data in cuts:
+        with pytest.raises(InvalidImage) as refused:
+            images.read_image(io.BytesIO(data), max_pixels=LIMIT)
+        assert refused.value.code == "damaged_image"
 
 
 def test_xmp_orientation_counts_on_both_paths():
@@ -261,6 +296,9 @@ OTHER_FORMATS = {
     "ICO": image_bytes("ICO", size=(16, 16)),
     "Photoshop (PSD)": b"8BPS\0\x01" + bytes(64),
     "ISO media (MP4, MOV ...)": b"\0\0\0\x18ftypisomheicisommp41" + bytes(64),  # "heic" is the minor version here
+    "TIFF  ": b"II+\0\x08\0\0\0" + bytes(64),  # BigTIFF
+    "PDF ": b"\r\n  %PDF-1.4\n",
+    "SVG ": b"<!-- drawn by hand -->\n<svg viewBox='0 0 1 1'></svg>",
     "SVG": b'\xef\xbb\xbf<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
 }
 
@@ -275,8 +313,9 @@ def test_another_format_is_named_and_refused(expected):
     assert "convert it to PNG or JPEG" in refused.value.message
 
 
-@pytest.mark.parametrize("data", [b"just some text", b"RIFF\0\0\0\0WAVEfmt ", bytes(100), b"BMW owners' notes"],
-                         ids=["text", "wav", "zeros", "text-starting-BM"])
+@pytest.mark.parametrize("data", [b"just some text", b"RIFF\0\0\0\0WAVEfmt ", bytes(100), b"BMW owners' notes",
+                                  b"<!DOCTYPE html><html><body><svg></svg></body></html>"],
+                         ids=["text", "wav", "zeros", "text-starting-BM", "html-with-an-svg"])
 def test_what_no_signature_names_is_not_an_image(data):
     with pytest.raises(InvalidImage) as refused:
         images.read_image(io.BytesIO(data), max_pixels=LIMIT)
@@ -342,7 +381,8 @@ def test_damaged_pixels_are_refused_over_http(served, data_dir):
     (b"; filename*=UTF-8''%E5%86%99%E7%9C%9F.jpg; filename=\"photo.jpg\"", "写真.jpg"),  # filename* wins
     (b"; filename=\"photo.jpg\"; filename*=UTF-8''%E5%86%99%E7%9C%9F.jpg", "写真.jpg"),
     (b"; filename*=iso-8859-1'fr'%E9t%E9.jpg", "été.jpg"),
-    ("; filename=\"e\u0301te\u0301 \u0635\u0648\u0631\u0629.jpg\"".encode(), "\u00e9t\u00e9 \u0635\u0648\u0631\u0629.jpg"),
+    ("; filename=\"e\u0301te\u0301 \u0635\u0648\u0631\u0629.jpg\"".encode(),
+     "\u00e9t\u00e9 \u0635\u0648\u0631\u0629.jpg"),
     (b'; filename="../../etc/passwd.jpg"', "passwd.jpg"),
     (b'; filename="C:\\\\Users\\\\me\\\\Pictures\\\\cat.jpg"', "cat.jpg"),
     ('; filename="invoice\u202egpj.exe"'.encode(), "invoicegpj.exe"),  # a right-to-left override removed
@@ -355,6 +395,10 @@ def test_damaged_pixels_are_refused_over_http(served, data_dir):
     (b"; filename=\"a; filename*=UTF-8''evil.png\"", "a; filename*=UTF-8''evil.png"),  # inside quotes: the name
     (b"; filename*=''", None),
     ("; filename=\"\u200b\ufeff\u2060\xad\U000e0041\"".encode(), None),  # nothing visible
+    ("; filename=\"\u2800 \u115f\u3164\"".encode(), None),  # blanks that look like nothing
+    ("; filename=\"photo\u200b\u2060.png\"".encode(), "photo.png"),  # invisible inside a name
+    (("; filename=\"x" + "\U0001f1ef\U0001f1f5" * 60 + ".png\"").encode(), "x" + "\U0001f1ef\U0001f1f5" * 47 + ".png"),
+    (("; filename=\"" + "\u0915\u094d\u0937" * 40 + ".png\"").encode(), "\u0915\u094d\u0937" * 32 + ".png"),
     (("; filename=\"" + "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 40 + ".png\"").encode(),
      "\U0001f468\u200d\U0001f469\u200d\U0001f467" * 19 + ".png"),  # a family is not cut in two
     (b'; filename=".."', None),
