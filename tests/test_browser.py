@@ -296,8 +296,10 @@ def test_a_png_or_jpeg_is_taken_whatever_its_name(page, serve, tmp_path, name, f
         ("picture.png", image_bytes("GIF", "P"), '"picture.png" is a GIF image, which cannot be captioned here.'),
         ("photo.jpg", HEIC, '"photo.jpg" is a HEIC/HEIF image, which cannot be captioned here.'),
         ("notes.png", b"just some notes", '"notes.png" is not a PNG or JPEG image.'),
+        ("bmw.png", b"BMW owners' notes, not a bitmap", '"bmw.png" is not a PNG or JPEG image.'),
+        ("scan.png", image_bytes("BMP"), '"scan.png" is a BMP image, which cannot be captioned here.'),
     ],
-    ids=["gif-named-png", "heic-named-jpg", "text-named-png"],
+    ids=["gif-named-png", "heic-named-jpg", "text-named-png", "text-starting-bm", "bmp-named-png"],
 )
 def test_another_format_is_named_before_sending(page, serve, tmp_path, name, data, message):
     page.goto(serve() + "/")
