@@ -128,7 +128,8 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
         generation = {name: config[f"{prefix}_{name.upper()}"] for name in ("num_beams", "min_length", "max_length")}
         source, local = sources[setting]
         loaded[setting] = models.load(kind, source, setting, config["DEVICE"], generation, config["FAST_MODE"],
-                                      local=local, hub_online=online)
+                                      local=local, hub_online=online, few_row_linear=config["FEW_ROW_LINEAR"],
+                                      max_batch=config["MAX_BATCH"])
     return loaded.get("CAPTION_MODEL"), loaded.get("VQA_MODEL")
 
 

@@ -1,42 +1,102 @@
 """Faster decoding for the BLIP decoders, token for token the same as transformers' own.
 
-FewRowLinear computes a beam search's few-row steps on every core; SharedByBeamsCache leaves the
-cross-attention keys and values in place instead of copying them for every beam at every step.
+FewRowLinear computes a beam search's few-row steps as W·xᵀ where that was measured faster on this
+machine (choose_linears); SharedByBeamsCache leaves the cross-attention keys and values in place
+instead of copying them for every beam at every step.
 """
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 
 class FewRowLinear(torch.nn.Linear):
-    """nn.Linear that computes a few rows as W·xᵀ instead of x·Wᵀ.
+    """nn.Linear that computes the row counts in `transposed_rows` as W·xᵀ instead of x·Wᵀ.
 
-    A decoding step of a 3-beam search multiplies 3 rows (6 for two requests) by every weight.
-    For so few rows MKL computes x·Wᵀ on one core through a slow path, while W·xᵀ runs on every
-    core: on a 2-core CPU, with the weights coming from memory, it is 1.4-2.5x faster for BLIP's
-    layers and 3.3x for its 30524-word output layer. The two differ only in the order floats are
-    summed (about 1e-6 relative); the tokens stay the same.
+    A decoding step of a 3-beam search multiplies 3 rows (6 for two requests, up to 3 x MAX_BATCH)
+    by every weight. For so few rows some BLAS libraries compute x·Wᵀ on one core through a slow
+    path while W·xᵀ runs on every core (1.4-3.3x faster per layer on an AMD EPYC with MKL), and on
+    others W·xᵀ is the slower one (20-30% on an Intel Xeon): which is faster is measured at load
+    (choose_linears). The two differ only in the order floats are summed (about 1e-6 relative); the
+    tokens stay the same.
     """
 
-    few = 8
+    transposed_rows: frozenset[int] = frozenset(range(1, 9))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        rows = inputs.numel() // self.in_features
-        if not 0 < rows <= self.few:
+        if inputs.numel() // self.in_features not in self.transposed_rows:
             return super().forward(inputs)
-        flat = inputs.reshape(rows, self.in_features).T
-        if self.bias is None:
-            product = self.weight @ flat
-        else:
-            product = torch.addmm(self.bias[:, None], self.weight, flat)
-        return product.T.reshape(*inputs.shape[:-1], self.out_features)
+        return transposed_product(inputs, self.weight, self.bias)
 
 
-def use_few_row_linears(module: torch.nn.Module) -> None:
-    """Turn every plain nn.Linear inside module into a FewRowLinear (same weights, no copy)."""
-    for layer in module.modules():
-        if type(layer) is torch.nn.Linear:
-            layer.__class__ = FewRowLinear
+def transposed_product(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """What F.linear(inputs, weight, bias) computes, (..., out), computed as W·xᵀ."""
+    flat = inputs.reshape(-1, weight.shape[1]).T
+    product = weight @ flat if bias is None else torch.addmm(bias[:, None], weight, flat)
+    return product.T.reshape(*inputs.shape[:-1], weight.shape[0])
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which product a decoder's linear layers of one shape use, by row count: W·xᵀ for `transposed`."""
+
+    shape: tuple[int, int]  # (in_features, out_features)
+    transposed: frozenset[int]
+
+
+def time_product(weight: torch.Tensor, bias: torch.Tensor | None, rows: int, transposed: bool,
+                 clock: Callable[[], float] = time.perf_counter, sample_seconds: float = 0.0005,
+                 samples: int = 5) -> float:
+    """Seconds per product of `rows` rows by the weight, as W·xᵀ or as x·Wᵀ: the median of a few samples,
+    each long enough (sample_seconds) for the clock to see it."""
+    product = transposed_product if transposed else torch.nn.functional.linear
+    inputs = torch.randn(rows, 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    with torch.inference_mode():
+        start = clock()
+        product(inputs, weight, bias)  # the first call also pays for allocations: it only sizes the samples
+        calls = max(1, min(1000, int(sample_seconds / max(clock() - start, 1e-7))))
+        times = []
+        for _ in range(samples):
+            start = clock()
+            for _ in range(calls):
+                product(inputs, weight, bias)
+            times.append((clock() - start) / calls)
+    return statistics.median(times)
+
+
+def choose_linears(module: torch.nn.Module, row_counts: list[int], mode: str = "auto",
+                   timer: Callable[..., float] = time_product) -> list[Choice]:
+    """Give every plain nn.Linear in module the faster product for each row count, and say what was chosen.
+
+    mode "auto" times both products on each distinct layer shape's own weights (cuDNN's benchmark mode
+    does the same for convolutions), "on" takes W·xᵀ and "off" x·Wᵀ for every row count. timer(weight,
+    bias, rows, transposed) -> seconds is injectable, so that the choice can be tested without timing.
+    """
+    layers = [layer for layer in module.modules() if type(layer) in (torch.nn.Linear, FewRowLinear)]
+    choices: dict[tuple[int, int], Choice] = {}
+    for layer in layers:
+        shape = (layer.in_features, layer.out_features)
+        if shape not in choices:
+            if mode == "auto":
+                faster = {rows for rows in row_counts if timer(layer.weight, layer.bias, rows, True)
+                          < timer(layer.weight, layer.bias, rows, False)}
+            else:
+                faster = set(row_counts) if mode == "on" else set()
+            choices[shape] = Choice(shape, frozenset(faster))
+        layer.__class__ = FewRowLinear if choices[shape].transposed else torch.nn.Linear
+        if choices[shape].transposed:
+            layer.transposed_rows = choices[shape].transposed
+    return list(choices.values())
+
+
+def described(choices: list[Choice]) -> str:
+    """The choices in one line: for each shape, the row counts that take W·xᵀ."""
+    return "; ".join(f"{inputs}->{outputs}: W·xᵀ at " + (",".join(map(str, sorted(choice.transposed))) or "no")
+                     + " rows" for choice in choices for inputs, outputs in [choice.shape])
 
 
 class SharedByBeamsCache(DynamicCache):

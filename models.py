@@ -5,12 +5,13 @@ can be computed once and reused: the vision embedding for captions, and for ques
 vision embedding together with the text encoder's cross-attention keys and values over it.
 The calls are the ones BlipForConditionalGeneration.generate and BlipForQuestionAnswering.generate
 make, in the same order, so in fp32 the tokens equal theirs. Decoding is made cheaper without
-changing a token by decoding.py (FewRowLinear on the CPU, SharedByBeamsCache).
+changing a token by decoding.py (FewRowLinear where measured faster on the CPU, SharedByBeamsCache).
 """
 
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering,
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.image_processing_backends import PilBackend
 
-from decoding import SharedByBeamsCache, use_few_row_linears
+from decoding import SharedByBeamsCache, choose_linears, described
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,23 @@ class BlipModel:
 
     @classmethod
     def from_pretrained(cls, name: str, device: str = "auto", generation: dict | None = None, fast: bool = False,
-                        local_files_only: bool = False):
-        """Load a hub id or a local directory: fp16 on a GPU, fp32 on the CPU (bf16 if fast and native)."""
+                        local_files_only: bool = False, *, few_row_linear: str = "auto", max_batch: int = 8):
+        """Load a hub id or a local directory: fp16 on a GPU, fp32 on the CPU (bf16 if fast and native).
+
+        On the CPU the text decoder's linear layers take, for each row count its beam-search steps have
+        (num_beams x 1 to max_batch requests), the product measured faster (few_row_linear "auto"), or
+        W·xᵀ ("on") or x·Wᵀ ("off") for all; the choice is logged in one line.
+        """
         target = pick_device(device)
         processor = BlipProcessor.from_pretrained(name, local_files_only=local_files_only)
         model = cls.model_class.from_pretrained(name, dtype=pick_dtype(target, fast),
                                                 local_files_only=local_files_only).to(target)
         if target.type == "cpu":
-            use_few_row_linears(model.text_decoder)  # its beam-search steps are a few rows each
+            beams = (generation or {}).get("num_beams", 1)
+            started = time.perf_counter()
+            choices = choose_linears(model.text_decoder, [beams * n for n in range(1, max_batch + 1)], few_row_linear)
+            log.info("%s decoder, FEW_ROW_LINEAR=%s (%.1f s): %s", cls.__name__, few_row_linear,
+                     time.perf_counter() - started, described(choices))
         return cls(model, processor, name=name, generation=generation)
 
     def model_input(self, image: Image.Image) -> torch.Tensor:
@@ -242,7 +252,7 @@ def hub_reachable(endpoint: str, seconds: float = 5.0) -> bool:
 
 
 def load(kind: type[BlipModel], source: str, setting: str, device: str, generation: dict, fast: bool = False,
-         *, local: bool = False, hub_online: bool = True):
+         *, local: bool = False, hub_online: bool = True, few_row_linear: str = "auto", max_batch: int = 8):
     """Load a model, or an UnavailableModel that says what to do; the server starts either way.
 
     source is a local folder when local, else a hub id; with the hub offline only its local cache is read.
@@ -251,7 +261,8 @@ def load(kind: type[BlipModel], source: str, setting: str, device: str, generati
         return unavailable(source, f"{setting}: no such folder '{source}': check the path (relative paths are taken "
                                    "from the app's folder), or give a hub id")
     try:
-        model = kind.from_pretrained(source, device, generation, fast, local_files_only=not (local or hub_online))
+        model = kind.from_pretrained(source, device, generation, fast, local_files_only=not (local or hub_online),
+                                     few_row_linear=few_row_linear, max_batch=max_batch)
     except Exception as error:  # any failure to load leaves the server up, with the reason on record
         log.debug("loading %s failed", source, exc_info=True)
         if local:

@@ -15,6 +15,7 @@ DEFAULTS = {
     "VQA_MIN_LENGTH": 1,
     "VQA_MAX_LENGTH": 10,
     "FAST_MODE": False,
+    "FEW_ROW_LINEAR": "auto",
     "CACHE_MAX_MB": 256,
     "MAX_BATCH": 8,
     "BATCH_WAIT_MS": 5,
@@ -85,6 +86,8 @@ def from_environment(environ) -> dict:
                 raise SettingError(f"{name}={raw!r}: use a whole number") from None
         else:
             found[name] = raw
+    if found.get("FEW_ROW_LINEAR", "auto") not in ("auto", "on", "off"):
+        raise SettingError(f"FEW_ROW_LINEAR={found['FEW_ROW_LINEAR']!r}: use auto (measure at load), on or off")
     return found
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -235,7 +236,11 @@ def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = set(next((line for line in info.splitlines() if line.startswith("flags")), "").split())
     wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    library = re.search(r"- (Intel\(R\) oneAPI Math Kernel Library Version [^ ]+|OpenBLAS [^ ,]+)", config)
     return {"cpu": model, "cores": os.cpu_count(), "flags": " ".join(f for f in wanted if f in flags) or "none",
+            "blas": f"{blas.group(1) if blas else '?'}" + (f" ({library.group(1)})" if library else ""),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "transformers": transformers.__version__, "python": platform.python_version(),
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
@@ -276,7 +281,13 @@ def main() -> None:
                 server.wait(60)
     print("measuring bf16 against fp32 ...", flush=True)
     fast = fast_mode(paths, pictures)
-    report(results, fast, weights, machine())
+    report(results, fast, weights, {**machine(), "choices": choices_made(os.path.join(logs, "app.log"))})
+
+
+def choices_made(log_path: str) -> list[str]:
+    """The app's choices of product for the decoders' few-row steps, as its log gave them at load."""
+    with open(log_path, encoding="utf-8", errors="replace") as file:
+        return [line.split("models: ", 1)[1].strip() for line in file if "decoder, FEW_ROW_LINEAR" in line]
 
 
 def report(results: dict, fast: dict, weights: str, host: dict) -> None:
@@ -315,8 +326,9 @@ def report(results: dict, fast: dict, weights: str, host: dict) -> None:
         "each as gunicorn (gthread, 16 threads) on 127.0.0.1, driven over HTTP by the same client code.",
         "",
         f"- Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gb']} GiB; CPU flags of note: {host['flags']}",
-        f"- torch {host['torch']} ({host['torch_threads']} threads), transformers {host['transformers']}, "
-        f"Python {host['python']}",
+        f"- torch {host['torch']} ({host['torch_threads']} threads), BLAS {host['blas']}, transformers "
+        f"{host['transformers']}, Python {host['python']}",
+        *[f"- The app's choice at load: {choice}" for choice in host["choices"]],
         f"- Models: {weights}; fp32 on the CPU; captions {GENERATION['CAPTION_NUM_BEAMS']} beams and exactly "
         f"{GENERATION['CAPTION_MAX_LENGTH']} tokens, answers {GENERATION['VQA_NUM_BEAMS']} beams and exactly "
         f"{GENERATION['VQA_MAX_LENGTH']} tokens, the start token included (min = max length, so both do the same work)",

@@ -1,5 +1,6 @@
 import logging
 
+import pytest
 import torch
 from PIL import Image
 
@@ -75,13 +76,63 @@ def test_few_row_linear_gives_linear_values_for_any_row_count():
         plain = torch.nn.Linear(48, 40, bias=bias)
         few = torch.nn.Linear(48, 40, bias=bias)
         few.load_state_dict(plain.state_dict())
-        decoding.use_few_row_linears(few)
+        decoding.choose_linears(few, list(range(1, 30)), "on")
         assert type(few) is decoding.FewRowLinear
         for shape in ((1, 48), (3, 1, 48), (2, 2, 48), (5, 48), (3, 7, 48)):
             inputs = torch.randn(shape)
             got = few(inputs)
             assert got.shape == (*shape[:-1], 40)
             torch.testing.assert_close(got, plain(inputs), rtol=1e-5, atol=1e-5)
+
+
+def decoder_like() -> torch.nn.Module:
+    """Linear layers of three shapes, one shape twice, as a decoder has them."""
+    return torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 64), torch.nn.Linear(64, 16),
+                               torch.nn.Linear(16, 16, bias=False))
+
+
+def test_the_product_measured_faster_is_chosen_for_each_row_count():
+    # An injected timer, so that nothing is timed: W·xᵀ costs 1 for up to 6 rows and 3 beyond, x·Wᵀ always 2.
+    asked = []
+
+    def timer(weight, bias, rows, transposed):
+        asked.append((tuple(weight.shape), rows, transposed))
+        return (1.0 if rows <= 6 else 3.0) if transposed else 2.0
+
+    module = decoder_like()
+    choices = decoding.choose_linears(module, [3, 6, 9, 12], "auto", timer=timer)
+    assert {choice.shape: choice.transposed for choice in choices} == {
+        (16, 16): {3, 6}, (16, 64): {3, 6}, (64, 16): {3, 6}}
+    assert len(asked) == 3 * 4 * 2  # each distinct shape once, each row count, both products
+    assert all(type(layer) is decoding.FewRowLinear and layer.transposed_rows == {3, 6} for layer in module)
+    assert decoding.described(choices).startswith("16->16: W·xᵀ at 3,6 rows")
+
+
+@pytest.mark.parametrize("slower, expected", [(True, torch.nn.Linear), (False, decoding.FewRowLinear)])
+def test_a_product_slower_at_every_row_count_is_never_chosen(slower, expected):
+    module = decoder_like()
+    decoding.choose_linears(module, [3, 6], "auto", timer=lambda weight, bias, rows, transposed:
+                            2.0 if transposed == slower else 1.0)
+    assert {type(layer) for layer in module} == {expected}
+
+
+@pytest.mark.parametrize("mode, expected", [("on", decoding.FewRowLinear), ("off", torch.nn.Linear)])
+def test_the_setting_forces_either_product_without_measuring(mode, expected):
+    def timer(*_):
+        raise AssertionError("nothing is measured when the setting forces a product")
+
+    module = decoder_like()
+    decoding.choose_linears(module, [3, 6], mode, timer=timer)
+    assert {type(layer) for layer in module} == {expected}
+    decoding.choose_linears(module, [3, 6], "off" if mode == "on" else "on", timer=timer)  # and back
+    assert {type(layer) for layer in module} == {torch.nn.Linear, decoding.FewRowLinear} - {expected}
+
+
+def test_the_real_timer_measures_both_products():
+    weight, bias = torch.randn(32, 16), torch.randn(32)
+    for transposed in (True, False):
+        seconds = decoding.time_product(weight, bias, 3, transposed, sample_seconds=0.0001, samples=3)
+        assert 0 < seconds < 1
 
 
 def test_from_pretrained_gives_the_cpu_decoders_few_row_linears(tiny_models):
@@ -91,6 +142,17 @@ def test_from_pretrained_gives_the_cpu_decoders_few_row_linears(tiny_models):
         assert decoding.FewRowLinear not in {type(layer) for layer in model.vision_model.modules()}
 
 
+def test_loading_measures_and_logs_the_choice_in_one_line(tiny_blip, caplog):
+    with caplog.at_level(logging.INFO, logger="models"):
+        captioner = models.Captioner.from_pretrained(tiny_blip["caption"], "cpu", dict(num_beams=3, max_length=4),
+                                                     max_batch=2)
+    [line] = [record.getMessage() for record in caplog.records if "decoder" in record.getMessage()]
+    assert line.startswith("Captioner decoder, FEW_ROW_LINEAR=auto (") and "W·xᵀ at" in line
+    linears = [layer for layer in captioner.model.text_decoder.modules() if isinstance(layer, torch.nn.Linear)]
+    assert all(getattr(layer, "transposed_rows", frozenset()) <= {3, 6} for layer in linears)
+    assert isinstance(captioner.caption(Image.new("RGB", (30, 30), "red")), str)
+
+
 def test_beam_search_leaves_the_cross_attention_cache_in_place(tiny_models, monkeypatch):
     captioner, answerer = tiny_models
     asked = []
@@ -98,3 +160,12 @@ def test_beam_search_leaves_the_cross_attention_cache_in_place(tiny_models, monk
     captioner.caption(Image.new("RGB", (30, 30), "red"))
     answerer.answer(Image.new("RGB", (30, 30), "red"), "what color is it?")
     assert len(asked) > 2  # beam search reached the decoders' cross-attention caches, which keep their rows
+
+
+def test_few_row_linear_takes_auto_on_or_off():
+    import settings
+    from errors import SettingError
+
+    assert settings.from_environment({"FEW_ROW_LINEAR": " off "})["FEW_ROW_LINEAR"] == "off"
+    with pytest.raises(SettingError, match="FEW_ROW_LINEAR='fast': use auto"):
+        settings.from_environment({"FEW_ROW_LINEAR": "fast"})
