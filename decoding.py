@@ -48,23 +48,32 @@ class Choice:
     transposed: frozenset[int]
 
 
-def time_product(weight: torch.Tensor, bias: torch.Tensor | None, rows: int, transposed: bool,
+def time_product(weights: list[tuple[torch.Tensor, torch.Tensor | None]], rows: int, transposed: bool,
                  clock: Callable[[], float] = time.perf_counter, sample_seconds: float = 0.0005,
-                 samples: int = 5) -> float:
-    """Seconds per product of `rows` rows by the weight, as W·xᵀ or as x·Wᵀ: the median of a few samples,
-    each long enough (sample_seconds) for the clock to see it."""
+                 samples: int = 3) -> float:
+    """Seconds for one pass of `rows` rows through every (weight, bias) given, as W·xᵀ or as x·Wᵀ.
+
+    One pass multiplies by each weight once, as a decoding step does, so that the weights stream from
+    memory as they do then, not from a cache that one weight repeated would stay in. The median of a
+    few samples, each long enough (sample_seconds) for the clock to see it.
+    """
     product = transposed_product if transposed else torch.nn.functional.linear
-    inputs = torch.randn(rows, 1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    inputs = torch.randn(rows, 1, weights[0][0].shape[1], dtype=weights[0][0].dtype, device=weights[0][0].device)
+
+    def one_pass() -> None:
+        for weight, bias in weights:
+            product(inputs, weight, bias)
+
     with torch.inference_mode():
         start = clock()
-        product(inputs, weight, bias)  # the first call also pays for allocations: it only sizes the samples
-        calls = max(1, min(1000, int(sample_seconds / max(clock() - start, 1e-7))))
+        one_pass()  # the first pass also pays for allocations: it only sizes the samples
+        passes = max(1, min(1000, int(sample_seconds / max(clock() - start, 1e-7))))
         times = []
         for _ in range(samples):
             start = clock()
-            for _ in range(calls):
-                product(inputs, weight, bias)
-            times.append((clock() - start) / calls)
+            for _ in range(passes):
+                one_pass()
+            times.append((clock() - start) / passes)
     return statistics.median(times)
 
 
@@ -72,25 +81,29 @@ def choose_linears(module: torch.nn.Module, row_counts: list[int], mode: str = "
                    timer: Callable[..., float] = time_product) -> list[Choice]:
     """Give every plain nn.Linear in module the faster product for each row count, and say what was chosen.
 
-    mode "auto" times both products on each distinct layer shape's own weights (cuDNN's benchmark mode
-    does the same for convolutions), "on" takes W·xᵀ and "off" x·Wᵀ for every row count. timer(weight,
-    bias, rows, transposed) -> seconds is injectable, so that the choice can be tested without timing.
+    mode "auto" times both products on the real weights of each distinct layer shape, all the layers of
+    that shape in one pass (cuDNN's benchmark mode measures its convolutions the same way, on the
+    machine it runs on); "on" takes W·xᵀ and "off" x·Wᵀ for every row count. timer(weights, rows,
+    transposed) -> seconds, weights a list of (weight, bias), is injectable, so that the choice can be
+    tested without timing.
     """
-    layers = [layer for layer in module.modules() if type(layer) in (torch.nn.Linear, FewRowLinear)]
-    choices: dict[tuple[int, int], Choice] = {}
-    for layer in layers:
-        shape = (layer.in_features, layer.out_features)
-        if shape not in choices:
-            if mode == "auto":
-                faster = {rows for rows in row_counts if timer(layer.weight, layer.bias, rows, True)
-                          < timer(layer.weight, layer.bias, rows, False)}
-            else:
-                faster = set(row_counts) if mode == "on" else set()
-            choices[shape] = Choice(shape, frozenset(faster))
-        layer.__class__ = FewRowLinear if choices[shape].transposed else torch.nn.Linear
-        if choices[shape].transposed:
-            layer.transposed_rows = choices[shape].transposed
-    return list(choices.values())
+    by_shape: dict[tuple[int, int], list[torch.nn.Linear]] = {}
+    for layer in module.modules():
+        if type(layer) in (torch.nn.Linear, FewRowLinear):
+            by_shape.setdefault((layer.in_features, layer.out_features), []).append(layer)
+    choices = []
+    for shape, layers in by_shape.items():
+        weights = [(layer.weight, layer.bias) for layer in layers]
+        if mode == "auto":
+            faster = {rows for rows in row_counts if timer(weights, rows, True) < timer(weights, rows, False)}
+        else:
+            faster = set(row_counts) if mode == "on" else set()
+        choices.append(Choice(shape, frozenset(faster)))
+        for layer in layers:
+            layer.__class__ = FewRowLinear if faster else torch.nn.Linear
+            if faster:
+                layer.transposed_rows = frozenset(faster)
+    return choices
 
 
 def described(choices: list[Choice]) -> str:

@@ -95,8 +95,8 @@ def test_the_product_measured_faster_is_chosen_for_each_row_count():
     # An injected timer, so that nothing is timed: W·xᵀ costs 1 for up to 6 rows and 3 beyond, x·Wᵀ always 2.
     asked = []
 
-    def timer(weight, bias, rows, transposed):
-        asked.append((tuple(weight.shape), rows, transposed))
+    def timer(weights, rows, transposed):
+        asked.append((tuple(weights[0][0].shape), len(weights), rows, transposed))
         return (1.0 if rows <= 6 else 3.0) if transposed else 2.0
 
     module = decoder_like()
@@ -104,6 +104,7 @@ def test_the_product_measured_faster_is_chosen_for_each_row_count():
     assert {choice.shape: choice.transposed for choice in choices} == {
         (16, 16): {3, 6}, (16, 64): {3, 6}, (64, 16): {3, 6}}
     assert len(asked) == 3 * 4 * 2  # each distinct shape once, each row count, both products
+    assert ((16, 16), 2, 3, True) in asked  # the two 16->16 layers are timed together, as one step passes them
     assert all(type(layer) is decoding.FewRowLinear and layer.transposed_rows == {3, 6} for layer in module)
     assert decoding.described(choices).startswith("16->16: W·xᵀ at 3,6 rows")
 
@@ -111,7 +112,7 @@ def test_the_product_measured_faster_is_chosen_for_each_row_count():
 @pytest.mark.parametrize("slower, expected", [(True, torch.nn.Linear), (False, decoding.FewRowLinear)])
 def test_a_product_slower_at_every_row_count_is_never_chosen(slower, expected):
     module = decoder_like()
-    decoding.choose_linears(module, [3, 6], "auto", timer=lambda weight, bias, rows, transposed:
+    decoding.choose_linears(module, [3, 6], "auto", timer=lambda weights, rows, transposed:
                             2.0 if transposed == slower else 1.0)
     assert {type(layer) for layer in module} == {expected}
 
@@ -129,9 +130,9 @@ def test_the_setting_forces_either_product_without_measuring(mode, expected):
 
 
 def test_the_real_timer_measures_both_products():
-    weight, bias = torch.randn(32, 16), torch.randn(32)
+    weights = [(torch.randn(32, 16), torch.randn(32)), (torch.randn(32, 16), None)]
     for transposed in (True, False):
-        seconds = decoding.time_product(weight, bias, 3, transposed, sample_seconds=0.0001, samples=3)
+        seconds = decoding.time_product(weights, 3, transposed, sample_seconds=0.0001, samples=3)
         assert 0 < seconds < 1
 
 
