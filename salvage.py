@@ -233,7 +233,10 @@ def check_png_complete(data: bytes) -> None:
         if kind == b"IDAT":
             pending = data[position + 8 : position + 8 + length]
             while pending and inflated < needed and not inflater.eof:
-                inflated += len(inflater.decompress(pending, INFLATE_STEP))
+                try:
+                    inflated += len(inflater.decompress(pending, INFLATE_STEP))
+                except zlib.error:
+                    raise Damaged("its image data is not a whole zlib stream") from None
                 pending = inflater.unconsumed_tail
         position += 12 + length
     if inflated < needed:
