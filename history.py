@@ -82,6 +82,7 @@ class History:
         # (stamp of the file, its well-formed records, its malformed ones), swapped whole
         self._cache = (None, empty(), empty())
         self._unreadable = None  # the stamp of a file that would not parse, logged once
+        self._forbidden_said = False  # whether the log said the file may not be read (until it can again)
         try:
             os.makedirs(self.folder, exist_ok=True)
             with self._locked():
@@ -222,6 +223,7 @@ class History:
                           "moves it aside", self.path, type(error).__name__)
             return data
         self._unreadable = None
+        self._forbidden_said = False
         counts = {kind: len(malformed[kind]) for kind in KINDS if malformed[kind]}
         if counts:
             log.warning("history file %s holds malformed records (%s): they are skipped and moved aside at the "
@@ -231,7 +233,9 @@ class History:
 
     def _forbidden(self, error: OSError) -> StorageUnreadable:
         """The refusal while the file's permissions, changed under the running app, forbid reading it."""
-        log.error("history file %s cannot be read (%s): answering 503 until it can", self.path, error.strerror)
+        if not self._forbidden_said:  # once, not once a request
+            self._forbidden_said = True
+            log.error("history file %s cannot be read (%s): answering 503 until it can", self.path, error.strerror)
         return StorageUnreadable("the history cannot be read on the server (permission denied): try again later; "
                                  "the server's owner must make HISTORY_FILE readable again")
 
