@@ -98,14 +98,13 @@ def read_image(stream, *, max_pixels: int, max_bytes: int | None = None) -> Pict
     if max_bytes is not None and size > max_bytes:
         raise too_many_bytes(max_bytes)
     stream.seek(0)
-    image_format = sniff(stream.read(HEAD_BYTES))
-    stream.seek(0)
+    data, notes = stream.read(), []
+    image_format = sniff(data[:HEAD_BYTES])
     if image_format not in FORMATS:
         raise unsupported(image_format)
     # Pillow only warns between its own limit and twice that; below the lower of the two
     # limits is the only size accepted, so its warning always ends in a refusal.
     limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
-    data, notes = stream.read(), []
     try:
         try:
             pixels = decode(data, image_format, limit, notes)
