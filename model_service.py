@@ -1,7 +1,7 @@
 """ModelService: the two BLIP models behind one batching worker, with a cache of image contexts.
 
 Requests reach the models only through here. A caption is batched with others of the same prompt; a
-question with others of the same token length (so no padding changes a result). A waiting caption
+question with any others (Answerer.answer_batch pads nothing, whatever their lengths). A waiting caption
 holds only its model input, never the uploaded image. Each image's VQA context (vision embedding
 and cross-attention keys and values) is computed from the stored image once, right after the
 upload when the worker is idle (at most max_background such jobs wait; past that the oldest is
@@ -98,8 +98,7 @@ class ModelService:
                gave_up: Callable[[], bool] = bool) -> str:
         """An answer about a kept image (load() gives its pixels if its context is not cached)."""
         self._check(self.answerer)
-        group = ("answer", self.answerer.question_length(question))
-        return self._wait(self._submit(self._run_answers, group, (image_id, load, question)), gave_up)
+        return self._wait(self._submit(self._run_answers, ("answer",), (image_id, load, question)), gave_up)
 
     def prepare(self, image_id: str, load: Callable[[], Image.Image]) -> Future | None:
         """Compute a kept image's question context in the background, when the worker is idle."""

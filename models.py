@@ -5,7 +5,8 @@ can be computed once and reused: the vision embedding for captions, and for ques
 vision embedding together with the text encoder's cross-attention keys and values over it.
 The calls are the ones BlipForConditionalGeneration.generate and BlipForQuestionAnswering.generate
 make, in the same order, so in fp32 the tokens equal theirs. Decoding is made cheaper without
-changing a token by decoding.py (FewRowLinear where measured faster on the CPU, SharedByBeamsCache).
+changing a token by speedups.py (FewRowLinear where measured faster on the CPU; the decoder's
+cross-attention keys and values once per request, not once per beam).
 """
 
 import logging
@@ -20,7 +21,7 @@ from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering,
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.image_processing_backends import PilBackend
 
-from decoding import SharedByBeamsCache, choose_linears, described
+from speedups import PerRequestCrossCache, choose_linears, described, fuse_vision_attention, share_cross_attention
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class BlipModel:
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.text_config = model.config.text_config
+        share_cross_attention(model.text_decoder)
+        fuse_vision_attention(model.vision_model)
 
     @classmethod
     def from_pretrained(cls, name: str, device: str = "auto", generation: dict | None = None, fast: bool = False,
@@ -103,17 +106,39 @@ class BlipModel:
         with torch.inference_mode():
             return self.model.vision_model(pixel_values=torch.cat(inputs).to(self.device, self.dtype))[0]
 
-    def _decode(self, prompt_ids: torch.Tensor, attention_mask, encoder_states: torch.Tensor) -> list[str]:
-        """The text decoder's generation over encoder states, decoded to text."""
-        mask = torch.ones(encoder_states.shape[:-1], dtype=torch.long, device=self.device)
-        cache = EncoderDecoderCache(DynamicCache(), SharedByBeamsCache())
+    def _decode(self, prompt_ids: torch.Tensor, attention_mask, cross: PerRequestCrossCache) -> list[str]:
+        """The text decoder's generation, attending to each request's encoder states through cross, decoded to text."""
+        # The keys and values over the encoder states come from cross; the decoder is given a one-token stand-in
+        # for the states only so that its layers run their cross-attention.
+        count = prompt_ids.shape[0]
+        stand_in = torch.zeros(count, 1, self.text_config.encoder_hidden_size, dtype=self.dtype, device=self.device)
+        mask = torch.ones(count, 1, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             tokens = self.model.text_decoder.generate(
                 input_ids=prompt_ids, attention_mask=attention_mask,
                 eos_token_id=self.text_config.sep_token_id, pad_token_id=self.text_config.pad_token_id,
-                encoder_hidden_states=encoder_states, encoder_attention_mask=mask, past_key_values=cache,
-                **self.generation)
+                encoder_hidden_states=stand_in, encoder_attention_mask=mask,
+                past_key_values=EncoderDecoderCache(DynamicCache(), cross), **self.generation)
         return [text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+
+    def decoder_cross_cache(self, states: torch.Tensor, lengths: list[int] | None = None) -> PerRequestCrossCache:
+        """The decoder's cross-attention keys and values over encoder states (requests, longest, hidden), each
+        request's own length in lengths (all of the states when None)."""
+        keys, values = cross_keys_values(self.model.text_decoder.bert.encoder.layer, states)
+        return PerRequestCrossCache(keys, values, lengths or [states.shape[1]] * states.shape[0])
+
+
+def cross_keys_values(layers, states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each BLIP text layer's cross-attention keys and values over states (batch, length, hidden):
+    two lists with one (batch, heads, length, head size) tensor a layer."""
+    keys, values = [], []
+    with torch.inference_mode():
+        for layer in layers:
+            attention = layer.crossattention.self
+            shape = (*states.shape[:-1], -1, attention.attention_head_size)
+            keys.append(attention.key(states).view(shape).transpose(1, 2))
+            values.append(attention.value(states).view(shape).transpose(1, 2))
+    return keys, values
 
 
 class Captioner(BlipModel):
@@ -139,9 +164,9 @@ class Captioner(BlipModel):
             tokens = self.processor.tokenizer([prompt] * count, return_tensors="pt").to(self.device)
             prompt_ids = tokens["input_ids"].clone()
             prompt_ids[:, 0] = self.text_config.bos_token_id
-            return self._decode(prompt_ids[:, :-1], tokens["attention_mask"][:, :-1], embeds)
+            return self._decode(prompt_ids[:, :-1], tokens["attention_mask"][:, :-1], self.decoder_cross_cache(embeds))
         prompt_ids = torch.full((count, 1), self.text_config.bos_token_id, dtype=torch.long, device=self.device)
-        return self._decode(prompt_ids, None, embeds)
+        return self._decode(prompt_ids, None, self.decoder_cross_cache(embeds))
 
 
 @dataclass
@@ -171,13 +196,7 @@ class Answerer(BlipModel):
     def contexts(self, inputs: list[torch.Tensor]) -> list[ImageContext]:
         """Each image's context for questions (from its model input): computed once, reusable for any question."""
         embeds = self.embed(inputs)
-        keys, values = [], []
-        with torch.inference_mode():
-            for layer in self.model.text_encoder.encoder.layer:
-                attention = layer.crossattention.self
-                shape = (*embeds.shape[:-1], -1, attention.attention_head_size)
-                keys.append(attention.key(embeds).view(shape).transpose(1, 2))
-                values.append(attention.value(embeds).view(shape).transpose(1, 2))
+        keys, values = cross_keys_values(self.model.text_encoder.encoder.layer, embeds)
         # Each context gets storage of its own, so that the cache's byte count is what it holds.
         return [
             ImageContext(embeds[i : i + 1].clone(), [k[i : i + 1].clone() for k in keys],
@@ -185,13 +204,29 @@ class Answerer(BlipModel):
             for i in range(len(inputs))
         ]
 
-    def question_length(self, question: str) -> int:
-        """The question's length in tokens: questions of one length batch without padding."""
-        return len(self.processor.tokenizer(question)["input_ids"])
-
     def answer_batch(self, contexts: list[ImageContext], questions: list[str]) -> list[str]:
-        """Answers to questions of one token length, each about its own image context."""
-        tokens = self.processor.tokenizer(questions, return_tensors="pt").to(self.device)
+        """Answers to questions of any lengths, each about its own image context, decoded as one batch.
+
+        The text encoder reads questions of one token length together, so that no padding changes a result;
+        the decoder attends to each question's states alone (PerRequestCrossCache), so they need none either.
+        """
+        question_ids = self.processor.tokenizer(questions)["input_ids"]
+        by_length: dict[int, list[int]] = {}
+        for index, ids in enumerate(question_ids):
+            by_length.setdefault(len(ids), []).append(index)
+        states = torch.zeros(len(questions), max(by_length), self.text_config.hidden_size, dtype=self.dtype,
+                             device=self.device)
+        for length, indices in by_length.items():
+            states[indices, :length] = self.encode_questions([contexts[i] for i in indices],
+                                                             [question_ids[i] for i in indices])
+        start = torch.full((len(questions), 1), self.model.decoder_start_token_id, dtype=torch.long,
+                           device=self.device)
+        return self._decode(start, None, self.decoder_cross_cache(states, [len(ids) for ids in question_ids]))
+
+    def encode_questions(self, contexts: list[ImageContext], question_ids: list[list[int]]) -> torch.Tensor:
+        """The text encoder's states of questions of one length (token ids), each over its own image:
+        (questions, length, hidden)."""
+        input_ids = torch.tensor(question_ids, dtype=torch.long, device=self.device)
         embeds = stack([context.embeds for context in contexts])
         cross = DynamicCache()
         for index in range(len(contexts[0].keys)):
@@ -200,13 +235,10 @@ class Answerer(BlipModel):
         image_mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=self.device)
         with torch.inference_mode():
             # The cross-attention keys and values come from the cache, marked as already computed.
-            question_states = self.model.text_encoder(
-                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+            return self.model.text_encoder(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                 encoder_hidden_states=embeds, encoder_attention_mask=image_mask,
                 past_key_values=EncoderDecoderCache(DynamicCache(), cross), return_dict=False)[0]
-        start = torch.full((len(questions), 1), self.model.decoder_start_token_id, dtype=torch.long,
-                           device=self.device)
-        return self._decode(start, None, question_states)
 
 
 def stack(tensors: list[torch.Tensor]) -> torch.Tensor:

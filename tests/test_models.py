@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-import decoding
+import speedups
 import models
 
 
@@ -76,8 +76,8 @@ def test_few_row_linear_gives_linear_values_for_any_row_count():
         plain = torch.nn.Linear(48, 40, bias=bias)
         few = torch.nn.Linear(48, 40, bias=bias)
         few.load_state_dict(plain.state_dict())
-        decoding.choose_linears(few, list(range(1, 30)), "on")
-        assert type(few) is decoding.FewRowLinear
+        speedups.choose_linears(few, list(range(1, 30)), "on")
+        assert type(few) is speedups.FewRowLinear
         for shape in ((1, 48), (3, 1, 48), (2, 2, 48), (5, 48), (3, 7, 48)):
             inputs = torch.randn(shape)
             got = few(inputs)
@@ -100,47 +100,47 @@ def test_the_product_measured_faster_is_chosen_for_each_row_count():
         return (1.0 if rows <= 6 else 3.0) if transposed else 2.0
 
     module = decoder_like()
-    choices = decoding.choose_linears(module, [3, 6, 9, 12], "auto", timer=timer)
+    choices = speedups.choose_linears(module, [3, 6, 9, 12], "auto", timer=timer)
     assert {choice.shape: choice.transposed for choice in choices} == {
         (16, 16): {3, 6}, (16, 64): {3, 6}, (64, 16): {3, 6}}
     assert len(asked) == 3 * 4 * 2  # each distinct shape once, each row count, both products
     assert ((16, 16), 2, 3, True) in asked  # the two 16->16 layers are timed together, as one step passes them
-    assert all(type(layer) is decoding.FewRowLinear and layer.transposed_rows == {3, 6} for layer in module)
-    assert decoding.described(choices).startswith("16->16: W·xᵀ at 3,6 rows")
+    assert all(type(layer) is speedups.FewRowLinear and layer.transposed_rows == {3, 6} for layer in module)
+    assert speedups.described(choices).startswith("16->16: W·xᵀ at 3,6 rows")
 
 
-@pytest.mark.parametrize("slower, expected", [(True, torch.nn.Linear), (False, decoding.FewRowLinear)])
+@pytest.mark.parametrize("slower, expected", [(True, torch.nn.Linear), (False, speedups.FewRowLinear)])
 def test_a_product_slower_at_every_row_count_is_never_chosen(slower, expected):
     module = decoder_like()
-    decoding.choose_linears(module, [3, 6], "auto", timer=lambda weights, rows, transposed:
+    speedups.choose_linears(module, [3, 6], "auto", timer=lambda weights, rows, transposed:
                             2.0 if transposed == slower else 1.0)
     assert {type(layer) for layer in module} == {expected}
 
 
-@pytest.mark.parametrize("mode, expected", [("on", decoding.FewRowLinear), ("off", torch.nn.Linear)])
+@pytest.mark.parametrize("mode, expected", [("on", speedups.FewRowLinear), ("off", torch.nn.Linear)])
 def test_the_setting_forces_either_product_without_measuring(mode, expected):
     def timer(*_):
         raise AssertionError("nothing is measured when the setting forces a product")
 
     module = decoder_like()
-    decoding.choose_linears(module, [3, 6], mode, timer=timer)
+    speedups.choose_linears(module, [3, 6], mode, timer=timer)
     assert {type(layer) for layer in module} == {expected}
-    decoding.choose_linears(module, [3, 6], "off" if mode == "on" else "on", timer=timer)  # and back
-    assert {type(layer) for layer in module} == {torch.nn.Linear, decoding.FewRowLinear} - {expected}
+    speedups.choose_linears(module, [3, 6], "off" if mode == "on" else "on", timer=timer)  # and back
+    assert {type(layer) for layer in module} == {torch.nn.Linear, speedups.FewRowLinear} - {expected}
 
 
 def test_the_real_timer_measures_both_products():
     weights = [(torch.randn(32, 16), torch.randn(32)), (torch.randn(32, 16), None)]
     for transposed in (True, False):
-        seconds = decoding.time_product(weights, 3, transposed, sample_seconds=0.0001, samples=3)
+        seconds = speedups.time_product(weights, 3, transposed, sample_seconds=0.0001, samples=3)
         assert 0 < seconds < 1
 
 
 def test_from_pretrained_gives_the_cpu_decoders_few_row_linears(tiny_models):
     for model in (wrapper.model for wrapper in tiny_models):
         decoder = [type(layer) for layer in model.text_decoder.modules() if isinstance(layer, torch.nn.Linear)]
-        assert decoder and set(decoder) == {decoding.FewRowLinear}
-        assert decoding.FewRowLinear not in {type(layer) for layer in model.vision_model.modules()}
+        assert decoder and set(decoder) == {speedups.FewRowLinear}
+        assert speedups.FewRowLinear not in {type(layer) for layer in model.vision_model.modules()}
 
 
 def test_loading_measures_and_logs_the_choice_in_one_line(tiny_blip, caplog):
@@ -157,10 +157,37 @@ def test_loading_measures_and_logs_the_choice_in_one_line(tiny_blip, caplog):
 def test_beam_search_leaves_the_cross_attention_cache_in_place(tiny_models, monkeypatch):
     captioner, answerer = tiny_models
     asked = []
-    monkeypatch.setattr(decoding.SharedByBeamsCache, "reorder_cache", lambda self, beam_idx: asked.append(self))
+    monkeypatch.setattr(speedups.PerRequestCrossCache, "reorder_cache", lambda self, beam_idx: asked.append(self))
     captioner.caption(Image.new("RGB", (30, 30), "red"))
     answerer.answer(Image.new("RGB", (30, 30), "red"), "what color is it?")
     assert len(asked) > 2  # beam search reached the decoders' cross-attention caches, which keep their rows
+
+
+def test_the_decoders_attend_with_keys_and_values_once_per_request(tiny_models, monkeypatch):
+    captioner, answerer = tiny_models
+    shapes = []
+    attend = speedups.attend
+    monkeypatch.setattr(speedups, "attend", lambda query, keys, *rest: shapes.append((query.shape, keys.shape))
+                        or attend(query, keys, *rest))
+    inputs = [captioner.model_input(Image.effect_noise((40, 30), 20 + i).convert("RGB")) for i in range(2)]
+    captioner.caption_batch(inputs)
+    beams = captioner.generation["num_beams"]
+    first_query, first_keys = shapes[0]
+    assert first_keys[0] == 2 and first_query[0] == 2  # two requests, not 2 x beams rows
+    assert first_query[2] == beams  # each request's beams attend together
+    shapes.clear()
+    image = answerer.contexts([answerer.model_input(Image.new("RGB", (30, 30), "red"))])[0]
+    answerer.answer_batch([image, image], ["is it?", "how many cats are there in the picture?"])
+    assert {query[0] for query, _ in shapes} == {1}  # questions of two lengths: each alone, over its own states
+    assert {keys[2] for _, keys in shapes} == {5, 11}
+
+
+def test_the_vision_encoder_attends_through_the_fused_kernel(tiny_models):
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    for model in tiny_models:
+        attentions = [module for module in model.model.vision_model.modules() if isinstance(module, BlipAttention)]
+        assert attentions and {type(module) for module in attentions} == {speedups.SdpaVisionAttention}
 
 
 def test_few_row_linear_takes_auto_on_or_off():
