@@ -127,9 +127,9 @@ def load_models(config, need_captioner: bool, need_answerer: bool):
         prefix = setting.split("_")[0]  # CAPTION or VQA
         generation = {name: config[f"{prefix}_{name.upper()}"] for name in ("num_beams", "min_length", "max_length")}
         source, local = sources[setting]
-        loaded[setting] = models.load(kind, source, setting, config["DEVICE"], generation, config["FAST_MODE"],
-                                      local=local, hub_online=online, few_row_linear=config["FEW_ROW_LINEAR"],
-                                      max_batch=config["MAX_BATCH"])
+        loaded[setting] = models.in_passing_thread(lambda: models.load(
+            kind, source, setting, config["DEVICE"], generation, config["FAST_MODE"], local=local, hub_online=online,
+            few_row_linear=config["FEW_ROW_LINEAR"], max_batch=config["MAX_BATCH"]))
     return loaded.get("CAPTION_MODEL"), loaded.get("VQA_MODEL")
 
 

@@ -14,7 +14,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
@@ -88,10 +90,11 @@ class BlipModel:
                      time.perf_counter() - started, described(choices))
         return cls(model, processor, name=name, generation=generation)
 
-    def model_input(self, image: Image.Image) -> torch.Tensor:
-        """One image as the model takes it: its processor's pixel values, (1, 3, height, width).
+    def model_input(self, image: Image.Image) -> np.ndarray:
+        """One image as the model takes it: its processor's pixel values, (1, 3, height, width), float32.
 
         Small whatever the image's size, so that requests waiting for the model hold this, not the image.
+        A NumPy array, so that the request's thread computes nothing with torch (see in_passing_thread).
         A PIL processor's first step is PIL's resize to a fixed size; done here on the image itself, it
         gives the same pixels without the processor's two full-size copies of a large upload.
         """
@@ -99,12 +102,13 @@ class BlipModel:
         size = processor.size
         if isinstance(processor, PilBackend) and processor.do_resize and size.height and size.width:
             image = image.resize((size.width, size.height), processor.resample)
-        return self.processor(images=[image], return_tensors="pt")["pixel_values"]
+        return self.processor(images=[image], return_tensors="np")["pixel_values"]
 
-    def embed(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def embed(self, inputs: list[np.ndarray]) -> torch.Tensor:
         """The vision model's embeddings of a batch of model inputs: (batch, image tokens, hidden)."""
+        pixels = torch.from_numpy(np.concatenate(inputs)).to(self.device, self.dtype)
         with torch.inference_mode():
-            return self.model.vision_model(pixel_values=torch.cat(inputs).to(self.device, self.dtype))[0]
+            return self.model.vision_model(pixel_values=pixels)[0]
 
     def _decode(self, prompt_ids: torch.Tensor, attention_mask, cross: PerRequestCrossCache) -> list[str]:
         """The text decoder's generation, attending to each request's encoder states through cross, decoded to text."""
@@ -155,7 +159,7 @@ class Captioner(BlipModel):
         length = len(self.processor.tokenizer(prompt)["input_ids"]) - 1  # [CLS] becomes BOS, [SEP] goes
         return length < self.generation.get("max_length", self.model.generation_config.max_length)
 
-    def caption_batch(self, inputs: list[torch.Tensor], prompt: str | None = None) -> list[str]:
+    def caption_batch(self, inputs: list[np.ndarray], prompt: str | None = None) -> list[str]:
         """Captions of several images (their model inputs) that share one prompt (or none), as one batch."""
         embeds = self.embed(inputs)
         count = len(inputs)
@@ -193,7 +197,7 @@ class Answerer(BlipModel):
         """A short answer to a question about the image."""
         return self.answer_batch(self.contexts([self.model_input(image)]), [question])[0]
 
-    def contexts(self, inputs: list[torch.Tensor]) -> list[ImageContext]:
+    def contexts(self, inputs: list[np.ndarray]) -> list[ImageContext]:
         """Each image's context for questions (from its model input): computed once, reusable for any question."""
         embeds = self.embed(inputs)
         keys, values = cross_keys_values(self.model.text_encoder.encoder.layer, embeds)
@@ -254,6 +258,32 @@ class UnavailableModel:
     def __init__(self, name: str, message: str):
         self.name = name
         self.message = message
+
+
+def in_passing_thread(work: Callable[[], object]):
+    """work() run in a thread of its own that ends with it; its result, or the exception it raised.
+
+    libgomp, the OpenMP under torch's CPU math, gives every thread that starts parallel work a team of
+    threads of its own, kept for as long as that thread lives; once more of them live than the CPU has
+    cores, every team sleeps between parallel regions instead of spinning, and a decoding step, hundreds
+    of small regions, gets slower (measured on 2 cores: one answer 0.29 s alone, 0.42 s once another
+    live thread had run one torch operation). So the models' math runs in one thread, the batcher's;
+    loading, which computes too (and measures, for FEW_ROW_LINEAR), runs in a thread that then ends.
+    """
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = work()
+        except BaseException as error:  # handed to the caller, in its own thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="model-loading")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def share_cores(workers: int) -> int:

@@ -21,7 +21,7 @@ def test_model_input_equals_the_processors_own_pixel_values(tiny_models):
         for size in [(613, 419), (32, 32), (7, 300)]:
             image = Image.effect_noise(size, 60).convert("RGB")
             plain = model.processor(images=[image], return_tensors="pt")["pixel_values"]
-            assert torch.equal(model.model_input(image), plain)
+            assert torch.equal(torch.from_numpy(model.model_input(image)), plain)
 
 
 def test_caption_is_text(tiny_models):
@@ -54,6 +54,16 @@ def test_same_image_same_caption(tiny_models):
     captioner, _ = tiny_models
     image = Image.new("RGB", (50, 50), "green")
     assert captioner.caption(image) == captioner.caption(image.copy())
+
+
+def test_in_passing_thread_gives_the_result_or_the_error_from_a_thread_that_ends():
+    import threading
+
+    ran_in = []
+    assert models.in_passing_thread(lambda: ran_in.append(threading.current_thread()) or 42) == 42
+    assert ran_in[0] is not threading.current_thread() and not ran_in[0].is_alive()
+    with pytest.raises(KeyError, match="missing"):
+        models.in_passing_thread(lambda: {}["missing"])
 
 
 def test_pick_device():
