@@ -23,7 +23,7 @@ from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering,
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.image_processing_backends import PilBackend
 
-from speedups import PerRequestCrossCache, choose_linears, described, fuse_vision_attention, share_cross_attention
+from speedups import HeldCache, PerRequestCrossCache, choose_linears, described, fuse_vision_attention, share_cross_attention
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +232,9 @@ class Answerer(BlipModel):
         (questions, length, hidden)."""
         input_ids = torch.tensor(question_ids, dtype=torch.long, device=self.device)
         embeds = stack([context.embeds for context in contexts])
-        cross = DynamicCache()
-        for index in range(len(contexts[0].keys)):
-            cross.update(stack([context.keys[index] for context in contexts]),
-                         stack([context.values[index] for context in contexts]), index)
+        layers = range(len(contexts[0].keys))
+        cross = HeldCache([stack([context.keys[index] for context in contexts]) for index in layers],
+                          [stack([context.values[index] for context in contexts]) for index in layers])
         image_mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=self.device)
         with torch.inference_mode():
             # The cross-attention keys and values come from the cache, marked as already computed.

@@ -189,7 +189,7 @@ def test_the_decoders_attend_with_keys_and_values_once_per_request(tiny_models, 
     image = answerer.contexts([answerer.model_input(Image.new("RGB", (30, 30), "red"))])[0]
     answerer.answer_batch([image, image], ["is it?", "how many cats are there in the picture?"])
     assert {query[0] for query, _ in shapes} == {1}  # questions of two lengths: each alone, over its own states
-    assert {keys[2] for _, keys in shapes} == {5, 11}
+    assert {keys[3] for _, keys in shapes} == {5, 11}  # (1, heads, head size, length): keys kept transposed
 
 
 def test_the_vision_encoder_attends_through_the_fused_kernel(tiny_models):
