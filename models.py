@@ -3,10 +3,12 @@
 Each splits its work where the image stops mattering, so that what depends on the image alone
 can be computed once and reused: the vision embedding for captions, and for questions the VQA
 vision embedding together with the text encoder's cross-attention keys and values over it.
-The calls are the ones BlipForConditionalGeneration.generate and BlipForQuestionAnswering.generate
-make, in the same order, so in fp32 the tokens equal theirs. Decoding is made cheaper without
-changing a token by speedups.py (FewRowLinear where measured faster on the CPU; the decoder's
-cross-attention keys and values once per request, not once per beam).
+The products are the ones BlipForConditionalGeneration.generate and BlipForQuestionAnswering.generate
+compute, in the same order, so in fp32 the tokens equal theirs. speedups.py makes them cheaper without
+changing a token: FewRowLinear where measured faster on the CPU, the decoder's cross-attention keys and
+values once per request instead of once per beam, cached keys and values handed on without a copy, and
+the vision encoder's attention through torch's fused kernel. All of torch's math runs in the batcher's
+one thread (in_passing_thread says why).
 """
 
 import logging
@@ -23,7 +25,8 @@ from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering,
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.image_processing_backends import PilBackend
 
-from speedups import HeldCache, PerRequestCrossCache, choose_linears, described, fuse_vision_attention, share_cross_attention
+from speedups import (HeldCache, PerRequestCrossCache, choose_linears, described, fuse_vision_attention,
+                      share_cross_attention)
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@
   machine (choose_linears).
 - PerRequestCrossCache and SharedCrossAttention compute the decoder's cross-attention keys and values
   once per request instead of once per beam, and never copy them into a new beam order.
+- HeldCache hands an image's cached cross-attention keys and values to the text encoder without a copy.
 - SdpaVisionAttention runs the vision encoder's attention through torch's fused kernel.
 """
 

@@ -115,6 +115,25 @@ def test_a_missing_local_model_folder_says_no_such_folder(make_app, tmp_path):
     assert "no such folder" in captioner.message and str(tmp_path / "not-here") in captioner.message
 
 
+def test_the_models_load_in_a_thread_that_ends(make_app, tiny_blip, monkeypatch):
+    import threading
+
+    import models
+    from app import load_models
+
+    loaded_in = []
+    real_load = models.load
+    monkeypatch.setattr(models, "load", lambda *args, **kwargs: loaded_in.append(threading.current_thread())
+                        or real_load(*args, **kwargs))
+    config = {**make_app().config, "CAPTION_MODEL": tiny_blip["caption"], "VQA_MODEL": tiny_blip["vqa"],
+              "WEB_CONCURRENCY": 1, "FEW_ROW_LINEAR": "off"}
+    captioner, answerer = load_models(config, True, True)
+    assert captioner.ready and answerer.ready
+    # Not this thread, and none left alive: the OpenMP threads the loading's math started end with it.
+    assert len(loaded_in) == 2 and threading.current_thread() not in loaded_in
+    assert not any(thread.is_alive() for thread in loaded_in)
+
+
 def test_a_relative_keys_file_is_taken_from_the_app_folder(make_app):
     app = make_app(HF_API_KEYS_FILE="keys.txt")
     assert app.config["HF_API_KEYS_FILE"] == os.path.join(app.root_path, "keys.txt")
