@@ -22,6 +22,7 @@ import storage
 from errors import AppError, SettingError
 from hf_client import HFClient
 from keys import read_keys
+import accounts_cli
 import history_cli
 from history import open_store
 from model_service import ModelService
@@ -73,6 +74,8 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
     register_security(app)
     register_routes(app)
     app.cli.add_command(history_cli.history)
+    app.cli.add_command(accounts_cli.users)
+    app.cli.add_command(accounts_cli.keys)
     if services:
         start_services(app, captioner, answerer, hf_client)
     return app

@@ -51,6 +51,13 @@ class NotFound(AppError):
     code = "not_found"
 
 
+class AccountExists(AppError):
+    """An account name that is taken already."""
+
+    status = 409
+    code = "account_exists"
+
+
 class NotOwner(AppError):
     """A change to something another session made."""
 

@@ -6,6 +6,8 @@ a file of its own beside the history. A read-only folder serves what the file ho
 changes (503); a full disk refuses them (507) and leaves the file as it was.
 """
 
+from __future__ import annotations
+
 import copy
 import fcntl
 import glob
@@ -16,13 +18,15 @@ import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from errors import AppError, NotFound, NotOwner, StorageUnreadable
+from errors import AccountExists, AppError, NotFound, NotOwner, StorageUnreadable
 from storage import check_readable, check_writable, faults_told, replace_file
 
 log = logging.getLogger(__name__)
 
 KINDS = ("images", "generations")
-KINDS_ID = {"images": "image_id", "generations": "generation_id"}
+ACCOUNT_KINDS = ("users", "api_keys", "sessions")  # absent from files written before accounts: empty then
+KINDS_ID = {"images": "image_id", "generations": "generation_id", "users": "user_id", "api_keys": "key_id",
+            "sessions": "session_hash"}
 SETTING = "HISTORY_FILE's folder"
 # What a record must hold to be shown: each field and its type (optional ones may also be null).
 REQUIRED = {
@@ -30,15 +34,20 @@ REQUIRED = {
                "created_at": str, "questions": list},
     "generations": {"generation_id": str, "owner": str, "filename": str, "mime_type": str, "description": str,
                     "parameters": dict, "created_at": str},
+    "users": {"user_id": str, "name": str, "role": str, "password_hash": str, "created_at": str,
+              "password_changed_at": str},
+    "api_keys": {"key_id": str, "user_id": str, "label": str, "prefix": str, "key_hash": str, "created_at": str},
+    "sessions": {"session_hash": str, "user_id": str, "created_at": str},
 }
-OPTIONAL = {"images": {"prompt": str, "original_name": str}, "generations": {"provider": str}}
+OPTIONAL = {"images": {"prompt": str, "original_name": str}, "generations": {"provider": str},
+            "users": {}, "api_keys": {"last_used_at": str}, "sessions": {}}
 QUESTION = {"question": str, "answer": str, "asked_at": str}
 UNREADABLE = (ValueError, UnicodeDecodeError, RecursionError)  # RecursionError: JSON nested too deep
 
 
 def empty() -> dict:
     """A history with nothing in it."""
-    return {kind: {} for kind in KINDS}
+    return {kind: {} for kind in KINDS + ACCOUNT_KINDS}
 
 
 def file_stamp(stat: os.stat_result) -> tuple:
@@ -52,7 +61,11 @@ def is_record(kind: str, key: str, record) -> bool:
         return False
     fields_ok = all(isinstance(record.get(name), kind_) for name, kind_ in REQUIRED[kind].items()) and all(
         record.get(name) is None or isinstance(record[name], kind_) for name, kind_ in OPTIONAL[kind].items())
-    if not fields_ok or record[KINDS_ID[kind]] != key or os.path.basename(record["filename"]) != record["filename"]:
+    if not fields_ok or record[KINDS_ID[kind]] != key:
+        return False
+    if kind in ACCOUNT_KINDS:
+        return True
+    if os.path.basename(record["filename"]) != record["filename"]:
         return False
     return kind != "images" or all(
         isinstance(entry, dict) and all(isinstance(entry.get(name), kind_) for name, kind_ in QUESTION.items())
@@ -61,11 +74,12 @@ def is_record(kind: str, key: str, record) -> bool:
 
 def split_records(raw) -> tuple[dict, dict]:
     """The parsed file's well-formed records, and its malformed ones; ValueError if it is no history at all."""
-    if not isinstance(raw, dict) or not all(isinstance(raw.get(kind), dict) for kind in KINDS):
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(kind), dict) for kind in KINDS) or not all(
+            isinstance(raw.get(kind, {}), dict) for kind in ACCOUNT_KINDS):
         raise ValueError("not a history object")
     valid, malformed = empty(), empty()
-    for kind in KINDS:
-        for key, record in raw[kind].items():
+    for kind in KINDS + ACCOUNT_KINDS:
+        for key, record in raw.get(kind, {}).items():
             (valid if is_record(kind, key, record) else malformed)[kind][key] = record
     return valid, malformed
 
@@ -180,6 +194,114 @@ class History:
         self._change(put)
         return counts
 
+    # Accounts, API keys and sign-in sessions: rows only; accounts.py decides what they mean.
+
+    def add_user(self, record: dict) -> None:
+        """Keep a new account; AccountExists if its name is taken."""
+
+        def add(data):
+            if any(user["name"] == record["name"] for user in data["users"].values()):
+                raise AccountExists(f"an account named '{record['name']}' exists already: choose another name")
+            data["users"][record["user_id"]] = record
+
+        self._change(add)
+
+    def user(self, user_id: str) -> dict | None:
+        """One account by its id, or None."""
+        return flat_copy(self._read()["users"].get(user_id))
+
+    def user_named(self, name: str) -> dict | None:
+        """One account by its name, or None."""
+        return flat_copy(next((user for user in self._read()["users"].values() if user["name"] == name), None))
+
+    def users(self) -> list[dict]:
+        """Every account, oldest first."""
+        return oldest_first(self._read()["users"].values())
+
+    def set_password(self, user_id: str, password_hash: str, changed_at: str) -> bool:
+        """Give an account a new password hash, ending its sessions and keys in the same write; False if none."""
+
+        def change(data):
+            if user_id not in data["users"]:
+                return False
+            data["users"][user_id] = {**data["users"][user_id], "password_hash": password_hash,
+                                      "password_changed_at": changed_at}
+            drop_access(data, user_id)
+            return True
+
+        return self._change(change)
+
+    def delete_user(self, user_id: str) -> bool:
+        """Remove an account with its sessions and keys (its records stay, claimable); False if there is none."""
+
+        def change(data):
+            if data["users"].pop(user_id, None) is None:
+                return False
+            drop_access(data, user_id)
+            return True
+
+        return self._change(change)
+
+    def add_key(self, record: dict) -> None:
+        """Keep a new API key's record (its hash, never the key)."""
+        self._change(lambda data: data["api_keys"].__setitem__(record["key_id"], record))
+
+    def key_hashed(self, key_hash: str) -> dict | None:
+        """The API key record with this hash, or None."""
+        keys = self._read()["api_keys"].values()
+        return flat_copy(next((key for key in keys if key["key_hash"] == key_hash), None))
+
+    def keys_of(self, user_id: str) -> list[dict]:
+        """An account's API keys, oldest first."""
+        return oldest_first(key for key in self._read()["api_keys"].values() if key["user_id"] == user_id)
+
+    def delete_key(self, key_id: str) -> dict | None:
+        """Remove an API key; its record, or None if there was none."""
+        if key_id not in self._read()["api_keys"]:
+            return None
+        return self._change(lambda data: data["api_keys"].pop(key_id, None))
+
+    def touch_key(self, key_id: str, when: str) -> None:
+        """Note when an API key was last used (nothing if it is gone)."""
+
+        def change(data):
+            if key_id in data["api_keys"]:
+                data["api_keys"][key_id] = {**data["api_keys"][key_id], "last_used_at": when}
+
+        self._change(change)
+
+    def add_session(self, record: dict) -> None:
+        """Keep a new sign-in session (the hash of its token)."""
+        self._change(lambda data: data["sessions"].__setitem__(record["session_hash"], record))
+
+    def session_hashed(self, session_hash: str) -> dict | None:
+        """The sign-in session with this hash, or None."""
+        return flat_copy(self._read()["sessions"].get(session_hash))
+
+    def delete_session(self, session_hash: str) -> None:
+        """End a sign-in session (nothing if it has ended)."""
+        if session_hash in self._read()["sessions"]:
+            self._change(lambda data: data["sessions"].pop(session_hash, None))
+
+    def claim(self, user_id: str) -> dict:
+        """Give every image and generation that belongs to no account to this one; how many of each."""
+
+        def change(data):
+            counts = {}
+            for kind in KINDS:
+                ownerless = [key for key, record in data[kind].items() if record["owner"] not in data["users"]]
+                for key in ownerless:
+                    data[kind][key] = {**data[kind][key], "owner": user_id}
+                counts[kind] = len(ownerless)
+            return counts
+
+        return self._change(change)
+
+    def generations_since(self, owner: str, since: str) -> int:
+        """How many generations the owner made from a time on (ISO 8601 in UTC)."""
+        return sum(1 for record in self._read()["generations"].values()
+                   if record["owner"] == owner and record["created_at"] >= since)
+
     def key_states(self) -> None:
         """No shared key states: one process (or one machine's workers) per JSON file."""
         return None
@@ -224,7 +346,7 @@ class History:
             return data
         self._unreadable = None
         self._forbidden_said = False
-        counts = {kind: len(malformed[kind]) for kind in KINDS if malformed[kind]}
+        counts = {kind: len(malformed[kind]) for kind in KINDS + ACCOUNT_KINDS if malformed[kind]}
         if counts:
             log.warning("history file %s holds malformed records (%s): they are skipped and moved aside at the "
                         "next change", self.path, ", ".join(f"{n} {kind}" for kind, n in counts.items()))
@@ -300,6 +422,22 @@ class History:
         if self._unreadable is not None:
             self._move_aside("corrupt")
             self._cache = (None, empty(), empty())
+
+
+def flat_copy(record: dict | None) -> dict | None:
+    """A copy of an account row (flat: a shallow copy is whole), so that no caller changes the cached one."""
+    return None if record is None else dict(record)
+
+
+def oldest_first(records: Iterable[dict]) -> list[dict]:
+    """Account rows by created_at; those made at the same time in the order they were added."""
+    return sorted((dict(record) for record in records), key=lambda record: record["created_at"])
+
+
+def drop_access(data: dict, user_id: str) -> None:
+    """Remove an account's API keys and sign-in sessions from the data about to be written."""
+    for kind in ("api_keys", "sessions"):
+        data[kind] = {key: row for key, row in data[kind].items() if row["user_id"] != user_id}
 
 
 def open_store(target: str, root: str):
