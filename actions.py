@@ -35,7 +35,12 @@ def now() -> str:
 
 
 def owner() -> str:
-    """The caller's session id; a new session gets one, kept in its signed cookie."""
+    """Whose records the caller's are: with AUTH on, the signed-in account's id; else the caller's session id
+    (a new session gets one, kept in its signed cookie)."""
+    if current_app.config["AUTH_ON"]:
+        from flask_login import current_user  # Flask-Login is set up only with AUTH on
+
+        return current_user.user_id
     if "owner" not in session:
         session["owner"] = uuid.uuid4().hex
         session.permanent = True

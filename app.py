@@ -7,18 +7,19 @@ models before the first request: `app` is a lazy module attribute (PEP 562) buil
 import logging
 import os
 import secrets
-import socket
 import tempfile
 import threading
-from urllib.parse import urlsplit
 
 import click
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+import guards
 import images
 import settings
 import storage
+from accounts import Accounts
+from guards import error_response
 from errors import AppError, SettingError
 from hf_client import HFClient
 from keys import read_keys
@@ -29,21 +30,12 @@ from model_service import ModelService
 
 log = logging.getLogger(__name__)
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
-
 HTTP_ERRORS = {
     400: ("bad_request", "the request could not be read: check its fields and body"),
     404: ("not_found", "there is nothing at this address: check the URL"),
     405: ("method_not_allowed", "this address does not take that method: see the README for the API"),
-    414: ("uri_too_long", f"the address is longer than {settings.MAX_HEADER_BYTES // 1024} KB: shorten its query, "
-                          "or send the data in a request's body"),
-    431: ("headers_too_large", f"the request's headers are too large ({settings.MAX_HEADER_BYTES // 1024} KB at "
-                               "most), often because of the cookies that other apps on this host name left in the "
-                               "browser: delete those cookies (or open this app at 127.0.0.1 rather than localhost), "
-                               "or send fewer or smaller headers"),
+    414: ("uri_too_long", guards.URI_TOO_LONG),
+    431: ("headers_too_large", guards.HEADERS_TOO_LARGE),
 }
 
 
@@ -65,13 +57,14 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
     # Room for the multipart envelope around a file of MAX_IMAGE_BYTES.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_IMAGE_BYTES"] + 64 * 1024
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    app.config["TRUSTED_HOST_NAMES"] = trusted_hosts(app.config)
-    # Checked by register_security: werkzeug's own check of TRUSTED_HOSTS cannot match an IPv6 name (::1).
+    app.config["TRUSTED_HOST_NAMES"] = guards.trusted_hosts(app.config)
+    app.config["AUTH_ON"] = settings.auth_on(app.config)
+    # Checked by guards.trusted_hosts_only: werkzeug's own check of TRUSTED_HOSTS cannot match an IPv6 name (::1).
     app.config["TRUSTED_HOSTS"] = None
     app.secret_key = app.config["SECRET_KEY"] or instance_secret_key(app.instance_path)
     app.json.sort_keys = False
     register_errors(app)
-    register_security(app)
+    guards.register_guards(app)
     register_routes(app)
     app.cli.add_command(history_cli.history)
     app.cli.add_command(accounts_cli.users)
@@ -89,6 +82,7 @@ def start_services(app: Flask, captioner, answerer, hf_client) -> None:
     """
     history = open_store(app.config["DATABASE_URL"] or app.config["HISTORY_FILE"], app.root_path)
     app.extensions["history"] = history
+    app.extensions["accounts"] = Accounts(history, session_lifetime=app.permanent_session_lifetime)
     app.extensions["hf_client"] = hf_client or build_hf_client(app.config, history.key_states())
     if captioner is None or answerer is None:
         loaded_captioner, loaded_answerer = load_models(app.config, captioner is None, answerer is None)
@@ -160,46 +154,6 @@ def build_hf_client(config, key_states=None):
     return client
 
 
-WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
-
-
-def trusted_hosts(config) -> list[str]:
-    """The host names this app answers to: TRUSTED_HOSTS, else the local names and HOST."""
-    given = config["TRUSTED_HOSTS"] or ""
-    if isinstance(given, str):
-        given = [name.strip().lower().strip("[]") for name in given.split(",") if name.strip()]
-    if given:
-        return list(given)
-    names = ["localhost", "127.0.0.1", "::1"]
-    host = config["HOST"].strip("[]")
-    if host in WILDCARD_HOSTS:
-        names.append(socket.gethostname().lower())
-        log.warning("HOST=%s listens on every address, but only %s are trusted host names: set TRUSTED_HOSTS to "
-                    "the names clients use to reach this server", config["HOST"] or "''", ", ".join(names))
-    elif host.lower() not in names:
-        names.append(host.lower())
-    return names
-
-
-def host_is_trusted(host: str | None, trusted: list[str]) -> bool:
-    """Whether a Host header (name and port) names one of the trusted hosts (".example.org": any below it)."""
-    try:
-        name = urlsplit(f"//{host}").hostname
-    except ValueError:
-        return False
-    return bool(host) and name is not None and any(
-        name == ref or (ref.startswith(".") and name.endswith(ref)) for ref in trusted)
-
-
-def site(url: str) -> tuple | None:
-    """A URL's scheme, host name and port, as browsers compare origins (host names in any case)."""
-    try:
-        parts = urlsplit(url)
-        return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    except ValueError:
-        return None
-
-
 def instance_secret_key(instance_path: str) -> str:
     """The session key kept in the instance folder (0600), made once; the first worker's wins."""
     path = os.path.join(instance_path, "secret_key")
@@ -246,58 +200,6 @@ def register_errors(app: Flask) -> None:
                               "and report it if it keeps happening")
 
 
-def register_security(app: Flask) -> None:
-    """Bound the request's head; answer only trusted host names; refuse cross-site posts; send the security headers."""
-
-    @app.before_request
-    def head_within_limits():
-        # One boundary, the app's: serve.py's nginx and gunicorn pass on more than this, so that past it the answer
-        # is this JSON that says what to do, not their bare 400 or HTML page (werkzeug passes on up to 100 fields).
-        limit = settings.MAX_HEADER_BYTES
-        if sum(len(name) + len(value) + 4 for name, value in request.headers.items()) > limit:
-            return error_response(431, *HTTP_ERRORS[431])
-        if len(request.environ.get("RAW_URI") or request.full_path) > limit:
-            return error_response(414, *HTTP_ERRORS[414])
-        return None
-
-    @app.before_request
-    def trusted_hosts_only():
-        # A DNS rebinding page reaches this server under its own name: refuse every name not configured.
-        if not host_is_trusted(request.host, app.config["TRUSTED_HOST_NAMES"]):
-            return error_response(400, "untrusted_host",
-                                  "this server does not answer to that host name: use one in TRUSTED_HOSTS, "
-                                  "or add this one there")
-        return None
-
-    @app.before_request
-    def same_origin_changes_only():
-        # Browsers send Origin with every cross-site POST or DELETE; curl and scripts send none. The
-        # Host it is compared with is a trusted one (checked above).
-        origin = request.headers.get("Origin")
-        changes = request.method not in ("GET", "HEAD", "OPTIONS")
-        if changes and origin is not None and site(origin) != site(request.host_url):
-            return error_response(403, "cross_origin",
-                                  "this request came from another site: use the page or the API directly")
-        return None
-
-    @app.after_request
-    def security_headers(response):
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-        response.headers["Referrer-Policy"] = "same-origin"
-        return response
-
-
-def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    """The one JSON shape of every error."""
-    response = jsonify(error=message, code=code)
-    response.status_code = status
-    for name, value in (headers or {}).items():
-        if name.lower() != "content-type":
-            response.headers[name] = value
-    return response
-
-
 def register_routes(app: Flask) -> None:
     """The JSON API and the page."""
     import api
@@ -305,6 +207,10 @@ def register_routes(app: Flask) -> None:
 
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    if app.config["AUTH_ON"]:
+        import account_views
+
+        app.register_blueprint(account_views.bp)
 
 
 def __getattr__(name: str):

@@ -51,6 +51,13 @@ class NotFound(AppError):
     code = "not_found"
 
 
+class Unauthorized(AppError):
+    """A request that needs an account came without a valid sign-in or API key."""
+
+    status = 401
+    code = "unauthorized"
+
+
 class AccountExists(AppError):
     """An account name that is taken already."""
 

@@ -1,5 +1,6 @@
 """The settings: defaults, read from the environment by the names in the README."""
 
+import ipaddress
 import os
 
 from errors import SettingError
@@ -44,6 +45,9 @@ DEFAULTS = {
     "WEB_CONCURRENCY": 1,
     "HOST": "127.0.0.1",
     "PORT": 5000,
+    "AUTH": "auto",
+    "GENERATIONS_PER_DAY": 50,
+    "RATE_LIMIT": "120/minute",
 }
 
 # Settings that are gone, and what to set instead.
@@ -88,7 +92,33 @@ def from_environment(environ) -> dict:
             found[name] = raw
     if found.get("FEW_ROW_LINEAR", "auto") not in ("auto", "on", "off"):
         raise SettingError(f"FEW_ROW_LINEAR={found['FEW_ROW_LINEAR']!r}: use auto (measure at load), on or off")
+    if "AUTH" in found:
+        found["AUTH"] = found["AUTH"].lower()
+        if found["AUTH"] not in ("auto", "on", "off"):
+            raise SettingError(f"AUTH={environ['AUTH'].strip()!r}: use auto (on unless HOST is a loopback "
+                               "address), on or off")
+    if found.get("GENERATIONS_PER_DAY", 0) < 0:
+        raise SettingError(f"GENERATIONS_PER_DAY={found['GENERATIONS_PER_DAY']}: use 0 (no limit) or more")
     return found
+
+
+LOOPBACK_HOSTS = {"localhost", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST listens only on this machine: 127.0.0.0/8, ::1 or localhost."""
+    host = host.strip().strip("[]").lower()
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_on(config) -> bool:
+    """Whether requests need an account: AUTH on, or auto with HOST not a loopback address."""
+    return config["AUTH"] == "on" or (config["AUTH"] == "auto" and not is_loopback(config["HOST"]))
 
 
 def model_source(value: str, root: str) -> tuple[str, bool]:

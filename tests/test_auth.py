@@ -1,0 +1,141 @@
+"""AUTH: who may use the app. The identity room is tested in test_accounts.py; this is the web's side (guards.py,
+account_views.py) through the Flask test client."""
+
+import io
+import logging
+
+import pytest
+
+import settings
+from accounts import Accounts
+from conftest import image_bytes
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.mark.parametrize("host, auth, on", [
+    ("127.0.0.1", "auto", False), ("127.9.9.9", "auto", False), ("::1", "auto", False), ("localhost", "auto", False),
+    ("0.0.0.0", "auto", True), ("192.168.1.20", "auto", True), ("127.0.0.1", "on", True), ("0.0.0.0", "off", False)])
+def test_auth_auto_is_on_unless_the_server_listens_on_loopback_only(host, auth, on):
+    assert settings.auth_on({"HOST": host, "AUTH": auth}) is on
+
+
+def test_auth_off_on_a_network_address_warns_once(make_app, caplog):
+    with caplog.at_level(logging.WARNING, logger="guards"):
+        make_app(AUTH="off", HOST="0.0.0.0", TRUSTED_HOSTS="localhost")
+    assert [record.getMessage() for record in caplog.records if "AUTH=off" in record.getMessage()]
+
+
+@pytest.fixture
+def auth_app(make_app):
+    app = make_app(AUTH="on")
+    identity: Accounts = app.extensions["accounts"]
+    identity.create_user("ada", PASSWORD, "admin")
+    identity.create_user("grace", PASSWORD)
+    return app
+
+
+def signed_in(app, name):
+    client = app.test_client()
+    response = client.post("/login", json={"username": name, "password": PASSWORD})
+    assert response.status_code == 200, response.json
+    return client
+
+
+def test_every_route_but_the_public_ones_asks_for_an_account(auth_app):
+    client = auth_app.test_client()
+    checked = 0
+    for rule in auth_app.url_map.iter_rules():  # every route, so that a new one cannot be forgotten
+        if rule.endpoint in ("static", "api.healthz", "account.login", "account.login_page"):
+            continue
+        path = rule.build({name: "x" for name in rule.arguments}, append_unknown=False)[1]
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            response = client.open(path, method=method)
+            if method == "GET" and rule.endpoint.startswith("pages."):
+                assert response.status_code == 302 and "/login?next=" in response.headers["Location"], path
+            else:
+                assert response.status_code == 401, (method, path)
+                assert response.json["code"] == "unauthorized"
+                assert response.headers["WWW-Authenticate"] == 'Bearer realm="image-assistant"'
+            checked += 1
+    assert checked > 15
+    assert client.get("/healthz").status_code in (200, 503)
+    assert client.get("/login").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+
+
+def test_a_wrong_password_and_an_unknown_name_get_the_same_answer(auth_app):
+    client = auth_app.test_client()
+    wrong = client.post("/login", json={"username": "ada", "password": PASSWORD + "x"})
+    unknown = client.post("/login", json={"username": "nobody", "password": PASSWORD})
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json == unknown.json and wrong.json["code"] == "invalid_credentials"
+    form = client.post("/login", data={"username": "nobody", "password": PASSWORD})
+    assert form.status_code == 401 and b"the name or the password is wrong" in form.data
+
+
+def test_sign_out_ends_the_session_on_the_server(auth_app):
+    client = signed_in(auth_app, "ada")
+    saved = client.get_cookie("session").value
+    assert client.get("/history").status_code == 200
+    assert client.post("/logout").status_code == 204
+    assert client.get("/history").status_code == 401
+    replay = auth_app.test_client()
+    replay.set_cookie("session", saved)  # a copy of the cookie from before the sign-out
+    assert replay.get("/history").status_code == 401
+
+
+def test_a_sign_in_starts_a_new_session(auth_app):
+    client = auth_app.test_client()
+    client.get("/login")
+    before = client.get_cookie("session")
+    signed = client.post("/login", json={"username": "ada", "password": PASSWORD})
+    assert signed.status_code == 200
+    assert before is None or client.get_cookie("session").value != before.value
+
+
+def test_a_form_sign_in_goes_back_to_the_page_asked_for_and_only_on_this_site(auth_app):
+    client = auth_app.test_client()
+    back = client.post("/login", data={"username": "ada", "password": PASSWORD, "next": "/page/images/x"})
+    assert back.status_code == 302 and back.headers["Location"] == "/page/images/x"
+    for elsewhere in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        away = auth_app.test_client().post("/login", data={"username": "ada", "password": PASSWORD,
+                                                           "next": elsewhere})
+        assert away.headers["Location"] == "/"
+
+
+def test_an_api_key_works_without_a_cookie_until_it_is_revoked(auth_app):
+    made = signed_in(auth_app, "grace").post("/keys", json={"label": "curl"})
+    assert made.status_code == 201 and set(made.json) == {"key_id", "key", "label", "created_at"}
+    key = made.json["key"]
+    script = auth_app.test_client(use_cookies=False)
+    assert script.get("/history", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert script.get("/history", headers={"X-API-Key": key}).status_code == 200
+    listed = script.get("/keys", headers={"X-API-Key": key}).json["keys"]
+    assert [k["label"] for k in listed] == ["curl"] and key not in str(listed)
+    assert script.delete(f"/keys/{made.json['key_id']}", headers={"X-API-Key": key}).status_code == 204
+    refused = script.get("/history", headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 401 and refused.json["code"] == "unauthorized"
+
+
+def test_an_account_revokes_only_its_own_keys(auth_app):
+    made = signed_in(auth_app, "grace").post("/keys", json={"label": "mine"}).json
+    other = signed_in(auth_app, "ada").delete(f"/keys/{made['key_id']}")
+    assert other.status_code == 404 and other.json["code"] == "key_not_found"
+
+
+def test_each_account_has_its_own_history_from_any_client(auth_app):
+    ada = signed_in(auth_app, "ada")
+    uploaded = ada.post("/upload", data={"image": (io.BytesIO(image_bytes()), "a.png")})
+    assert uploaded.status_code == 201
+    key = ada.post("/keys", json={}).json["key"]
+    by_key = auth_app.test_client(use_cookies=False).get("/history", headers={"Authorization": f"Bearer {key}"})
+    assert [image["image_id"] for image in by_key.json["images"]] == [uploaded.json["image_id"]]
+    assert signed_in(auth_app, "grace").get("/history").json["images"] == []
+
+
+def test_auth_off_keeps_the_cookie_sessions_and_has_no_sign_in(make_app):
+    app = make_app(AUTH="off")
+    client = app.test_client()
+    assert client.get("/history").status_code == 200
+    assert client.post("/login", json={"username": "ada", "password": PASSWORD}).status_code == 404
