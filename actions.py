@@ -16,7 +16,8 @@ from PIL import Image
 import field_checks
 import images
 import storage
-from errors import AppError, InvalidInput, NotFound
+from errors import AppError, InvalidInput, NotFound, NotOwner
+from history import not_found
 
 MAX_QUESTION = 500
 MAX_PROMPT = 200
@@ -90,7 +91,7 @@ def ask(fields_given, gave_up: Callable[[], bool] = bool) -> tuple[dict, str]:
     """Answer a question about a kept image and add it to the caller's thread; return the record and answer."""
     question = field_checks.text(fields_given, "question", max_length=MAX_QUESTION)
     image_id = field_checks.text(fields_given, "image_id", max_length=100)
-    record = service("history").image(image_id)
+    record = readable("images", image_id)
     service("history").check_writable()
     answer = service("models").answer(image_id, stored_image(record), question, gave_up)
     entry = {"question": question, "answer": answer, "asked_at": now(), "owner": owner()}
@@ -199,10 +200,11 @@ def image_view(record: dict) -> dict:
 def thread(record: dict) -> list[dict]:
     """The questions the caller's session asked about an image, with their answers, oldest first.
 
-    An image id lets anyone see the image and ask about it, but each session sees only its own
-    thread. Entries from before threads were kept per session belong to the image's owner.
+    With AUTH off an image id lets anyone see the image and ask about it, but each session sees only its
+    own thread; with AUTH on, each account (an admin reading another's image sees its own thread there).
+    Entries from before threads were kept per session belong to the image's owner.
     """
-    viewer = session.get("owner")
+    viewer = owner() if current_app.config["AUTH_ON"] else session.get("owner")
     return [{"question": entry["question"], "answer": entry["answer"], "asked_at": entry["asked_at"]}
             for entry in record["questions"] if entry.get("owner", record["owner"]) == viewer]
 
@@ -221,17 +223,44 @@ def generation_view(record: dict) -> dict:
     }
 
 
+def readable(kind: str, key: str) -> dict:
+    """An image or generation record the caller may read. With AUTH on, only the account's own (an admin's: any);
+    another's is refused as NotFound, as an id that does not exist is, so that no one learns which ids exist."""
+    history = service("history")
+    record = history.image(key) if kind == "images" else history.generation(key)
+    if current_app.config["AUTH_ON"] and record["owner"] != owner() and not signed_in_admin():
+        raise not_found(kind, key)
+    return record
+
+
+def signed_in_admin() -> bool:
+    """Whether the caller is a signed-in admin (AUTH on)."""
+    from flask_login import current_user  # Flask-Login is set up only with AUTH on
+
+    return current_user.is_authenticated and current_user.is_admin
+
+
 def delete_image(image_id: str) -> None:
     """Delete one of the caller's images: its record with every thread about it, its file, its cached context."""
     with storage.files_locked(current_app.config["UPLOAD_FOLDER"], exclusive=False):
-        record = service("history").delete("images", image_id, owner())
+        record = deleted("images", image_id)
         forget_files([record])
 
 
 def delete_generation(generation_id: str) -> None:
     """Delete one of the caller's generations and its file."""
     with storage.files_locked(current_app.config["UPLOAD_FOLDER"], exclusive=False):
-        forget_files([service("history").delete("generations", generation_id, owner())])
+        forget_files([deleted("generations", generation_id)])
+
+
+def deleted(kind: str, key: str) -> dict:
+    """Remove one of the caller's records and return it; with AUTH on, another account's is NotFound (not 403)."""
+    try:
+        return service("history").delete(kind, key, owner())
+    except NotOwner:
+        if current_app.config["AUTH_ON"]:
+            raise not_found(kind, key) from None
+        raise
 
 
 def clear_history() -> int:

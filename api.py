@@ -114,30 +114,38 @@ def clear_history():
 
 @bp.get("/images/<image_id>")
 def image(image_id):
-    return jsonify(actions.image_view(service("history").image(image_id)))
+    return jsonify(actions.image_view(actions.readable("images", image_id)))
 
 
 @bp.get("/generations/<generation_id>")
 def generation(generation_id):
-    return jsonify(actions.generation_view(service("history").generation(generation_id)))
+    return jsonify(actions.generation_view(actions.readable("generations", generation_id)))
 
 
 @bp.get("/uploads/<name>")
 def uploaded_file(name):
-    return send_stored(current_app.config["UPLOAD_FOLDER"], name)
+    return send_stored("images", current_app.config["UPLOAD_FOLDER"], name)
 
 
 @bp.get("/generated/<name>")
 def generated_file(name):
-    return send_stored(current_app.config["GENERATED_FOLDER"], name)
+    return send_stored("generations", current_app.config["GENERATED_FOLDER"], name)
 
 
-def send_stored(folder: str, name: str):
-    """A stored image, always with its image content type (and nosniff, as every response)."""
+def send_stored(kind: str, folder: str, name: str):
+    """A stored image, always with its image content type (and nosniff, as every response); with AUTH on, only
+    the file of a record the caller may read (a stored file is named by its record's id)."""
     found = storage.STORED_NAME.fullmatch(name)
-    if found is None:
-        raise NotFound("there is no stored image by that name: use the image_url an answer gave",
+    missing = NotFound("there is no stored image by that name: use the image_url an answer gave",
                        code="file_not_found")
+    if found is None:
+        raise missing
+    if current_app.config["AUTH_ON"]:
+        try:
+            if actions.readable(kind, name[: -len(found.group(1))])["filename"] != name:
+                raise missing
+        except NotFound:
+            raise missing from None
     return send_from_directory(folder, name, mimetype=images.MIME_TYPES[found.group(1)])
 
 
@@ -145,6 +153,8 @@ def send_stored(folder: str, name: str):
 def healthz():
     models = {role: model_status(service(role)) for role in ("captioner", "answerer")}
     ready = all(model["ready"] for model in models.values())
+    if current_app.config["AUTH_ON"] and not actions.signed_in_admin():
+        return jsonify(status="ok" if ready else "unavailable"), 200 if ready else 503  # the details are for admins
     body = {"status": "ok" if ready else "unavailable", "models": models,
             "queue": service("models").status(),
             "generation": service("hf_client").status(), "keys": service("hf_client").key_status(),

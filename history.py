@@ -314,11 +314,7 @@ class History:
         try:
             return data[kind][key]
         except KeyError:
-            noun = "image" if kind == "images" else "generation"
-            raise NotFound(
-                f"no {noun} with id '{key}': check the id, or list yours with GET /history",
-                code=f"{noun}_not_found",
-            ) from None
+            raise not_found(kind, key) from None
 
     def _read(self) -> dict:
         # Writers replace the file atomically, so a reader needs no lock: it sees the old
@@ -422,6 +418,13 @@ class History:
         if self._unreadable is not None:
             self._move_aside("corrupt")
             self._cache = (None, empty(), empty())
+
+
+def not_found(kind: str, key: str) -> NotFound:
+    """The refusal of an image or generation id that does not exist (or, with accounts, is another's)."""
+    noun = "image" if kind == "images" else "generation"
+    return NotFound(f"no {noun} with id '{key}': check the id, or list yours with GET /history",
+                    code=f"{noun}_not_found")
 
 
 def flat_copy(record: dict | None) -> dict | None:

@@ -67,7 +67,7 @@ def index():
 
 @bp.get("/page/images/<image_id>")
 def image_page(image_id):
-    return render_template("image.html", image=actions.image_view(service("history").image(image_id)))
+    return render_template("image.html", image=actions.image_view(actions.readable("images", image_id)))
 
 
 @bp.post("/page/upload")

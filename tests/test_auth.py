@@ -139,3 +139,30 @@ def test_auth_off_keeps_the_cookie_sessions_and_has_no_sign_in(make_app):
     client = app.test_client()
     assert client.get("/history").status_code == 200
     assert client.post("/login", json={"username": "ada", "password": PASSWORD}).status_code == 404
+
+
+def test_an_account_reaches_only_what_it_made_and_an_admin_reads_everything(auth_app):
+    grace, ada = signed_in(auth_app, "grace"), signed_in(auth_app, "ada")
+    image = grace.post("/upload", data={"image": (io.BytesIO(image_bytes()), "g.png")}).json
+    file_url, image_id = image["image_url"], image["image_id"]
+    other = auth_app.extensions["accounts"].create_user("linus", PASSWORD)
+    linus = signed_in(auth_app, "linus")
+    for response in (linus.get(f"/images/{image_id}"), linus.get(file_url), linus.delete(f"/images/{image_id}"),
+                     linus.post("/question", json={"image_id": image_id, "question": "what is it?"})):
+        assert response.status_code == 404, response.json  # as for an id that does not exist
+    missing = linus.get("/images/00000000-0000-0000-0000-000000000000").json
+    assert linus.get(f"/images/{image_id}").json["error"] == missing["error"].replace(
+        "00000000-0000-0000-0000-000000000000", image_id)
+    assert linus.get(f"/page/images/{image_id}").status_code == 404
+    assert ada.get(f"/images/{image_id}").status_code == 200 and ada.get(file_url).status_code == 200
+    assert grace.get(file_url).status_code == 200
+    assert grace.post("/question", json={"image_id": image_id, "question": "what is it?"}).status_code == 200
+    assert grace.delete(f"/images/{image_id}").status_code == 204
+    assert other["role"] == "user"
+
+
+def test_healthz_tells_anyone_its_status_and_an_admin_the_details(auth_app):
+    anonymous = auth_app.test_client().get("/healthz").json
+    assert set(anonymous) == {"status"}
+    assert set(signed_in(auth_app, "grace").get("/healthz").json) == {"status"}
+    assert {"models", "queue", "keys"} <= set(signed_in(auth_app, "ada").get("/healthz").json)
