@@ -5,7 +5,9 @@ neither stays on disk without the other. The JSON API and the page both call the
 how to tell that the caller has gone (gave_up), which only the web layer knows.
 """
 
+import math
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable
@@ -16,13 +18,14 @@ from PIL import Image
 import field_checks
 import images
 import storage
-from errors import AppError, InvalidInput, NotFound, NotOwner
+from errors import AppError, InvalidInput, NotFound, NotOwner, QuotaExceeded
 from history import not_found
 
 MAX_QUESTION = 500
 MAX_PROMPT = 200
 MAX_DESCRIPTION = 1000
 MAX_IMAGES = 4
+DAY = 24 * 3600.0  # seconds in GENERATIONS_PER_DAY's rolling window
 
 
 def service(name: str):
@@ -32,7 +35,7 @@ def service(name: str):
 
 def now() -> str:
     """The current UTC time, ISO 8601."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_time(time.time())
 
 
 def owner() -> str:
@@ -108,6 +111,7 @@ def generate(fields_given) -> tuple[list[tuple[dict, images.Encoded]], dict | No
     parameters = generation_parameters(fields_given)
     count = field_checks.number(fields_given, "num_images", low=1, high=MAX_IMAGES, default=1)
     storage.check_writable(current_app.config["GENERATED_FOLDER"], "GENERATED_FOLDER")
+    check_quota(count)
     made = []
     for index in range(count):
         # One call an image (most providers make one at a time); a given seed goes up by one for each.
@@ -221,6 +225,37 @@ def generation_view(record: dict) -> dict:
         "image_url": url_for("api.generated_file", name=record["filename"]),
         "created_at": record["created_at"],
     }
+
+
+def check_quota(count: int, clock: Callable[[], float] = time.time) -> None:
+    """Refuse, before any provider is called, generations past the account's GENERATIONS_PER_DAY (a rolling 24
+    hours, counted from the stored generations, so that every replica agrees); admins and AUTH off have none."""
+    limit = current_app.config["GENERATIONS_PER_DAY"]
+    if not current_app.config["AUTH_ON"] or limit == 0 or signed_in_admin():
+        return
+    if count > limit:
+        raise InvalidInput(f"'num_images' is {count}, more than the {limit} generations an account may make in a "
+                           "day: ask for fewer", code="invalid_num_images")
+    history, moment = service("history"), clock()
+    made = history.generations_since(owner(), iso_time(moment - DAY))
+    if made + count <= limit:
+        return
+    # Room comes when the generation at newest-first index limit - count turns a day old.
+    (freeing,), _ = history.list("generations", owner(), 1, limit - count)
+    wait = max(1, math.ceil(parse_time(freeing["created_at"]) + DAY - moment))
+    raise QuotaExceeded(f"this account has made {made} of its {limit} generations in the last 24 hours: "
+                        f"{max(0, limit - made)} left, so {count} can be made in {wait} s "
+                        f"(at {iso_time(moment + wait)})", headers={"Retry-After": str(wait)})
+
+
+def iso_time(seconds: float) -> str:
+    """A time in seconds since the epoch as the history writes times: ISO 8601 in UTC, milliseconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> float:
+    """A time the history wrote, in seconds since the epoch."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def readable(kind: str, key: str) -> dict:

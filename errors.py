@@ -58,6 +58,13 @@ class Unauthorized(AppError):
     code = "unauthorized"
 
 
+class QuotaExceeded(AppError):
+    """An account has made GENERATIONS_PER_DAY generations in the last 24 hours."""
+
+    status = 429
+    code = "quota_exceeded"
+
+
 class AccountExists(AppError):
     """An account name that is taken already."""
 

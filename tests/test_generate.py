@@ -190,3 +190,26 @@ def test_the_saved_path_is_never_absolute(make_app):
     inside = make_app(GENERATED_FOLDER=os.path.join(app.root_path, "uploads", "generated"))
     with inside.app_context():
         assert actions.shown_path("x.png") == os.path.join("uploads", "generated", "x.png")
+
+
+def test_an_account_past_its_daily_generations_is_refused_before_any_provider_is_called(generating_app, api):
+    app = generating_app(AUTH="on", GENERATIONS_PER_DAY=2)
+    identity = app.extensions["accounts"]
+    for name, role in (("ada", "admin"), ("grace", "user")):
+        identity.create_user(name, "correct horse battery staple", role)
+    clients = {}
+    for name in ("ada", "grace"):
+        clients[name] = app.test_client()
+        clients[name].post("/login", json={"username": name, "password": "correct horse battery staple"})
+    grace = clients["grace"]
+    assert grace.post("/generate", json={"description": "a cat", "num_images": 2}).status_code == 201
+    calls = len(api.requests)
+    refused = grace.post("/generate", json={"description": "a cat"})
+    assert refused.status_code == 429 and refused.json["code"] == "quota_exceeded"
+    assert "2 of its 2 generations in the last 24 hours" in refused.json["error"]
+    assert 86000 < int(refused.headers["Retry-After"]) <= 86400
+    too_many = grace.post("/generate", json={"description": "a cat", "num_images": 3})
+    assert too_many.status_code == 400 and too_many.json["code"] == "invalid_num_images"
+    assert len(api.requests) == calls  # no provider was called
+    for _ in range(2):  # admins have no quota
+        assert clients["ada"].post("/generate", json={"description": "a cat", "num_images": 2}).status_code == 201
