@@ -188,6 +188,8 @@ def register_errors(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
+        if error.response is not None:  # made already, in the JSON shape (guards.too_many: a breached rate limit)
+            return error.response
         code, message = HTTP_ERRORS.get(error.code, (None, error.description))
         code = code or (error.name or "error").lower().replace(" ", "_").replace("'", "")
         return error_response(error.code, code, message, dict(error.get_headers()) if error.code == 405 else {})
@@ -211,6 +213,7 @@ def register_routes(app: Flask) -> None:
         import account_views
 
         app.register_blueprint(account_views.bp)
+        guards.register_authentication(app)
 
 
 def __getattr__(name: str):

@@ -8,11 +8,14 @@ or `X-API-Key` (Flask-Login's request_loader). Every endpoint needs one except P
 off, nothing here asks who the caller is, and the history is a cookie session's, as before accounts.
 """
 
-from urllib.parse import urlsplit
 import logging
+import math
 import socket
+import time
+from urllib.parse import urlsplit
 
 from flask import Flask, current_app, jsonify, redirect, request, url_for
+from flask_limiter import Limiter
 from flask_login import LoginManager, current_user
 
 import settings
@@ -32,6 +35,7 @@ URI_TOO_LONG = (f"the address is longer than {settings.MAX_HEADER_BYTES // 1024}
 WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
 PUBLIC = {"static", "api.healthz", "account.login", "account.login_page"}  # open without an account
 REALM = 'Bearer realm="image-assistant"'
+SIGN_IN_FAILURES = "5 per 15 minutes"  # OWASP ASVS V2.2.1: throttle guessing, per account and per address
 
 
 def register_guards(app: Flask) -> None:
@@ -41,9 +45,7 @@ def register_guards(app: Flask) -> None:
     app.before_request(trusted_hosts_only)
     app.before_request(same_origin_changes_only)
     app.after_request(security_headers)
-    if app.config["AUTH_ON"]:
-        register_authentication(app)
-    elif not settings.is_loopback(app.config["HOST"]):
+    if not app.config["AUTH_ON"] and not settings.is_loopback(app.config["HOST"]):
         log.warning("AUTH=off with HOST=%s: anyone who can reach this server may use it, and spend its Hugging Face "
                     "credits; set AUTH=auto or on", app.config["HOST"] or "''")
 
@@ -145,7 +147,18 @@ class Account:
 
 
 def register_authentication(app: Flask) -> None:
-    """Flask-Login over accounts.py: sessions by their token, API keys by request_loader; 401 without either."""
+    """With AUTH on: Flask-Login over accounts.py (sessions by their token, API keys by request_loader; 401 without
+    either), and Flask-Limiter's limits (RATE_LIMIT, and failed sign-ins). After the routes are registered."""
+    limiter = Limiter(rate_key, app=app, default_limits=[app.config["RATE_LIMIT"]], headers_enabled=True,
+                      storage_uri=app.config["RATE_LIMIT_STORAGE"],
+                      default_limits_exempt_when=lambda: request.endpoint == "static", on_breach=too_many)
+    # At most SIGN_IN_FAILURES failed sign-ins per account name and per address in the window; a right password
+    # is refused too until the window has passed, and the answer is the same whether the name exists or not.
+    failed = dict(deduct_when=lambda response: response.status_code == 401, on_breach=too_many_sign_ins)
+    sign_in = limiter.limit(SIGN_IN_FAILURES, key_func=lambda: "name:" + signing_in_as(), **failed)(
+        limiter.limit(SIGN_IN_FAILURES, key_func=lambda: "address:" + (request.remote_addr or ""), **failed)(
+            app.view_functions["account.login"]))
+    app.view_functions["account.login"] = sign_in
     manager = LoginManager(app)
     manager.session_protection = None  # the server ends sessions itself (accounts.end_session); no IP pinning
 
@@ -169,6 +182,39 @@ def register_authentication(app: Flask) -> None:
         if request.endpoint in PUBLIC or current_user.is_authenticated:
             return None
         return ask_for_an_account()
+
+
+def rate_key() -> str:
+    """Whose requests RATE_LIMIT counts together: a signed-in account's, else one client address's."""
+    if current_user.is_authenticated:
+        return "account:" + current_user.user_id
+    return "address:" + (request.remote_addr or "")
+
+
+def signing_in_as() -> str:
+    """The account name a sign-in names (form or JSON), as accounts keep names; '' when it names none."""
+    fields = request.get_json(silent=True) if request.is_json else request.form
+    name = fields.get("username") if isinstance(fields, dict) or hasattr(fields, "get") else None
+    return name.strip().lower()[:200] if isinstance(name, str) else ""
+
+
+def too_many(limit) -> object:
+    """RATE_LIMIT's refusal: 429 rate_limited with Retry-After."""
+    wait = retry_after(limit)
+    return error_response(429, "rate_limited", f"too many requests ({limit.limit}): wait {wait} s and try again, "
+                                               "or send fewer", {"Retry-After": str(wait)})
+
+
+def too_many_sign_ins(limit) -> object:
+    """The refusal past SIGN_IN_FAILURES: 429 rate_limited, saying nothing of whether the name exists."""
+    wait = retry_after(limit)
+    return error_response(429, "rate_limited", f"too many failed sign-ins for this name or from this address: wait "
+                                               f"{wait} s and try again", {"Retry-After": str(wait)})
+
+
+def retry_after(limit) -> int:
+    """Whole seconds until a breached limit's window resets, at least 1."""
+    return max(1, math.ceil(limit.reset_at - time.time()))
 
 
 def api_key(incoming) -> str | None:

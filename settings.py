@@ -48,6 +48,7 @@ DEFAULTS = {
     "AUTH": "auto",
     "GENERATIONS_PER_DAY": 50,
     "RATE_LIMIT": "120/minute",
+    "RATE_LIMIT_STORAGE": "memory://",
 }
 
 # Settings that are gone, and what to set instead.
@@ -97,6 +98,14 @@ def from_environment(environ) -> dict:
         if found["AUTH"] not in ("auto", "on", "off"):
             raise SettingError(f"AUTH={environ['AUTH'].strip()!r}: use auto (on unless HOST is a loopback "
                                "address), on or off")
+    if "RATE_LIMIT" in found:
+        from limits import parse_many
+
+        try:
+            parse_many(found["RATE_LIMIT"])
+        except ValueError:
+            raise SettingError(f"RATE_LIMIT={found['RATE_LIMIT']!r}: use a rate such as 120/minute or "
+                               "10/second;500/hour") from None
     if found.get("GENERATIONS_PER_DAY", 0) < 0:
         raise SettingError(f"GENERATIONS_PER_DAY={found['GENERATIONS_PER_DAY']}: use 0 (no limit) or more")
     return found

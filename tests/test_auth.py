@@ -166,3 +166,35 @@ def test_healthz_tells_anyone_its_status_and_an_admin_the_details(auth_app):
     assert set(anonymous) == {"status"}
     assert set(signed_in(auth_app, "grace").get("/healthz").json) == {"status"}
     assert {"models", "queue", "keys"} <= set(signed_in(auth_app, "ada").get("/healthz").json)
+
+
+def test_rate_limit_counts_each_accounts_requests(make_app):
+    app = make_app(AUTH="on", RATE_LIMIT="3/minute")
+    identity = app.extensions["accounts"]
+    keys = {}
+    for name in ("ada", "grace"):
+        user = identity.create_user(name, PASSWORD)
+        keys[name] = identity.create_key(user["user_id"])[1]
+    client = app.test_client(use_cookies=False)
+    answers = [client.get("/history", headers={"X-API-Key": keys["ada"]}) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    assert answers[-1].json["code"] == "rate_limited" and 0 < int(answers[-1].headers["Retry-After"]) <= 60
+    assert client.get("/history", headers={"X-API-Key": keys["grace"]}).status_code == 200  # another account
+
+
+def test_failed_sign_ins_are_throttled_per_name_and_per_address_alike(auth_app):
+    client = auth_app.test_client()
+    for _ in range(5):
+        assert client.post("/login", json={"username": "ada", "password": "wrong password!"}).status_code == 401
+    locked = client.post("/login", json={"username": "ada", "password": PASSWORD})  # even the right one, for now
+    assert locked.status_code == 429 and locked.json["code"] == "rate_limited"
+    assert 0 < int(locked.headers["Retry-After"]) <= 900
+    unknown = client.post("/login", json={"username": "nobody", "password": "wrong password!"})
+    assert unknown.status_code == 429 and unknown.json["error"] == locked.json["error"]  # the address is spent too
+
+
+def test_a_bad_rate_limit_stops_the_start():
+    from errors import SettingError
+
+    with pytest.raises(SettingError, match="RATE_LIMIT='lots': use a rate such as 120/minute"):
+        settings.from_environment({"RATE_LIMIT": "lots"})
