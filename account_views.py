@@ -13,7 +13,7 @@ import field_checks
 from accounts import MAX_PASSWORD, public
 from api import request_fields
 from errors import NotFound, Unauthorized
-from guards import REALM, Account, identity
+from guards import REALM, Account, check_csrf, identity
 
 bp = Blueprint("account", __name__)
 
@@ -28,6 +28,8 @@ def login_page():
 @bp.post("/login")
 def login():
     fields = request_fields()
+    if not request.is_json:
+        check_csrf()  # a form post from another site must not sign this browser in (login CSRF)
     name = field_checks.text(fields, "username", max_length=200)
     password = field_checks.text(fields, "password", max_length=MAX_PASSWORD * 4)
     user = identity().authenticate(name, password)
@@ -44,6 +46,8 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    if not request.is_json and request.form:
+        check_csrf()
     if current_user.token:
         identity().end_session(current_user.token)  # ended on the server: a saved copy of the cookie no longer works
     logout_user()

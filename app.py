@@ -57,6 +57,7 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
     # Room for the multipart envelope around a file of MAX_IMAGE_BYTES.
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_IMAGE_BYTES"] + 64 * 1024
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["WTF_CSRF_TIME_LIMIT"] = None  # a page's token lasts as long as its session, as before Flask-WTF
     app.config["TRUSTED_HOST_NAMES"] = guards.trusted_hosts(app.config)
     app.config["AUTH_ON"] = settings.auth_on(app.config)
     # Checked by guards.trusted_hosts_only: werkzeug's own check of TRUSTED_HOSTS cannot match an IPv6 name (::1).

@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, jsonify, redirect, request, url_for
 from flask_limiter import Limiter
 from flask_login import LoginManager, current_user
+from flask_wtf.csrf import ValidationError, generate_csrf, validate_csrf
 
 import settings
 from accounts import Accounts
+from errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,20 @@ def security_headers(response):
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["Referrer-Policy"] = "same-origin"
     return response
+
+
+def csrf_token() -> str:
+    """The session's token for the page's form posts (Flask-WTF's, signed with SECRET_KEY; new at each sign-in)."""
+    return generate_csrf()
+
+
+def check_csrf() -> None:
+    """Refuse a form post that does not carry its session's token (scripts posting JSON are guarded by Origin)."""
+    try:
+        validate_csrf(request.form.get("csrf_token", ""))
+    except ValidationError:
+        raise InvalidInput("the form has expired or did not come from this site: reload the page and try again",
+                           code="csrf_failed") from None
 
 
 def trusted_hosts(config) -> list[str]:

@@ -1,8 +1,5 @@
 """The browser page, and the plain form posts that make it work without JavaScript."""
 
-import hmac
-import secrets
-
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -12,26 +9,12 @@ import images
 import settings
 from actions import service
 from api import client_gone
-from errors import AppError, InvalidInput
+from errors import AppError
+from guards import check_csrf, csrf_token
 
 bp = Blueprint("pages", __name__)
 
 GALLERY_PAGE = 12
-
-
-def csrf_token() -> str:
-    """The session's token for the page's form posts, made on first use."""
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return session["csrf"]
-
-
-def check_csrf() -> None:
-    """Refuse a form post that does not carry the token its session holds (a session without one has none to match)."""
-    sent, held = request.form.get("csrf_token", ""), session.get("csrf", "")
-    if not held or not hmac.compare_digest(sent.encode(), held.encode()):
-        raise InvalidInput("the form has expired or did not come from this site: reload the page and try again",
-                           code="csrf_failed")
 
 
 @bp.app_context_processor

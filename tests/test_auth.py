@@ -3,6 +3,7 @@ account_views.py) through the Flask test client."""
 
 import io
 import logging
+import re
 
 import pytest
 
@@ -33,6 +34,12 @@ def auth_app(make_app):
     identity.create_user("ada", PASSWORD, "admin")
     identity.create_user("grace", PASSWORD)
     return app
+
+
+def form_token(client) -> str:
+    """The CSRF token of the sign-in form, as a browser gets it."""
+    page = client.get("/login").get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
 
 
 def signed_in(app, name):
@@ -70,7 +77,7 @@ def test_a_wrong_password_and_an_unknown_name_get_the_same_answer(auth_app):
     unknown = client.post("/login", json={"username": "nobody", "password": PASSWORD})
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json == unknown.json and wrong.json["code"] == "invalid_credentials"
-    form = client.post("/login", data={"username": "nobody", "password": PASSWORD})
+    form = client.post("/login", data={"username": "nobody", "password": PASSWORD, "csrf_token": form_token(client)})
     assert form.status_code == 401 and b"the name or the password is wrong" in form.data
 
 
@@ -96,12 +103,21 @@ def test_a_sign_in_starts_a_new_session(auth_app):
 
 def test_a_form_sign_in_goes_back_to_the_page_asked_for_and_only_on_this_site(auth_app):
     client = auth_app.test_client()
-    back = client.post("/login", data={"username": "ada", "password": PASSWORD, "next": "/page/images/x"})
+    back = client.post("/login", data={"username": "ada", "password": PASSWORD, "next": "/page/images/x",
+                                       "csrf_token": form_token(client)})
     assert back.status_code == 302 and back.headers["Location"] == "/page/images/x"
     for elsewhere in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
-        away = auth_app.test_client().post("/login", data={"username": "ada", "password": PASSWORD,
-                                                           "next": elsewhere})
+        other = auth_app.test_client()
+        away = other.post("/login", data={"username": "ada", "password": PASSWORD, "next": elsewhere,
+                                          "csrf_token": form_token(other)})
         assert away.headers["Location"] == "/"
+
+
+def test_a_form_sign_in_without_the_pages_token_is_refused(auth_app):
+    client = auth_app.test_client()
+    refused = client.post("/login", data={"username": "ada", "password": PASSWORD})
+    assert refused.status_code == 400 and b"the form has expired" in refused.data
+    assert client.get("/history").status_code == 401
 
 
 def test_an_api_key_works_without_a_cookie_until_it_is_revoked(auth_app):
