@@ -22,7 +22,7 @@ WRONG = "the name or the password is wrong: check both (names are not case-sensi
 
 @bp.get("/login")
 def login_page():
-    return render_template("login.html", next=safe_next(request.args.get("next")))
+    return render_template("login.html", next=safe_next(request.args.get("next")), no_account=not identity().users())
 
 
 @bp.post("/login")
@@ -74,6 +74,26 @@ def revoke_key(key_id):
     if not identity().revoke_key(key_id, current_user.user_id):
         raise NotFound(f"you have no API key with id '{key_id}': list yours with GET /keys", code="key_not_found")
     return "", 204
+
+
+@bp.get("/page/keys")
+def keys_page():
+    return render_template("keys.html", keys=identity().keys(current_user.user_id))
+
+
+@bp.post("/page/keys")
+def create_key_form():
+    check_csrf()
+    label = field_checks.text(request.form, "label", max_length=100, required=False) or ""
+    record, key = identity().create_key(current_user.user_id, label)
+    return render_template("keys.html", keys=identity().keys(current_user.user_id), new=record, new_key=key), 201
+
+
+@bp.post("/page/keys/<key_id>/revoke")
+def revoke_key_form(key_id):
+    check_csrf()
+    revoke_key(key_id)
+    return redirect(url_for("account.keys_page"))
 
 
 def safe_next(target: str | None) -> str | None:

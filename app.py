@@ -84,6 +84,9 @@ def start_services(app: Flask, captioner, answerer, hf_client) -> None:
     history = open_store(app.config["DATABASE_URL"] or app.config["HISTORY_FILE"], app.root_path)
     app.extensions["history"] = history
     app.extensions["accounts"] = Accounts(history, session_lifetime=app.permanent_session_lifetime)
+    if app.config["AUTH_ON"] and not app.extensions["accounts"].users():
+        log.warning("AUTH is on and there is no account yet: create the first with "
+                    "`flask --app app users create NAME --admin`, then sign in at /login")
     app.extensions["hf_client"] = hf_client or build_hf_client(app.config, history.key_states())
     if captioner is None or answerer is None:
         loaded_captioner, loaded_answerer = load_models(app.config, captioner is None, answerer is None)

@@ -243,7 +243,7 @@ def api_key(incoming) -> str | None:
 
 def ask_for_an_account():
     """A page asked for in a browser goes to the sign-in form; anything else is refused with 401."""
-    if request.method == "GET" and request.blueprint == "pages":
+    if request.method == "GET" and (request.blueprint == "pages" or request.endpoint == "account.keys_page"):
         return redirect(url_for("account.login_page", next=request.full_path.rstrip("?")))
     return error_response(401, "unauthorized", "sign in first: POST /login with your name and password, or send an "
                           "API key as 'Authorization: Bearer <key>' (make one with `flask --app app keys create NAME`)",

@@ -19,8 +19,17 @@ GALLERY_PAGE = 12
 
 @bp.app_context_processor
 def page_globals():
-    return {"csrf_token": csrf_token, "demo": current_app.config["DEMO"], "demo_notice": settings.DEMO_NOTICE,
+    return {"csrf_token": csrf_token, "account": signed_in_account(), "demo": current_app.config["DEMO"], "demo_notice": settings.DEMO_NOTICE,
             "missing": missing_models()}
+
+
+def signed_in_account():
+    """The signed-in account for the page's header (AUTH on), else None."""
+    if not current_app.config["AUTH_ON"]:
+        return None
+    from flask_login import current_user  # Flask-Login is set up only with AUTH on
+
+    return current_user if current_user.is_authenticated else None
 
 
 def missing_models() -> dict[str, str]:

@@ -58,7 +58,7 @@ def test_every_route_but_the_public_ones_asks_for_an_account(auth_app):
         path = rule.build({name: "x" for name in rule.arguments}, append_unknown=False)[1]
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             response = client.open(path, method=method)
-            if method == "GET" and rule.endpoint.startswith("pages."):
+            if method == "GET" and (rule.endpoint.startswith("pages.") or rule.endpoint == "account.keys_page"):
                 assert response.status_code == 302 and "/login?next=" in response.headers["Location"], path
             else:
                 assert response.status_code == 401, (method, path)
@@ -214,3 +214,26 @@ def test_a_bad_rate_limit_stops_the_start():
 
     with pytest.raises(SettingError, match="RATE_LIMIT='lots': use a rate such as 120/minute"):
         settings.from_environment({"RATE_LIMIT": "lots"})
+
+
+def test_the_page_shows_who_is_signed_in_and_makes_and_revokes_keys(auth_app):
+    client = signed_in(auth_app, "grace")
+    page = client.get("/").get_data(as_text=True)
+    assert "Signed in as <strong>grace</strong>" in page and "Sign out" in page
+    keys_page = client.get("/page/keys").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', keys_page).group(1)
+    made = client.post("/page/keys", data={"label": "laptop", "csrf_token": token})
+    key = re.search(r'class="new-key">([^<]+)<', made.get_data(as_text=True)).group(1)
+    assert made.status_code == 201 and key.startswith("ia_")
+    assert key not in client.get("/page/keys").get_data(as_text=True)  # shown once
+    [listed] = client.get("/keys").json["keys"]
+    assert client.post(f"/page/keys/{listed['key_id']}/revoke", data={"csrf_token": token}).status_code == 302
+    assert client.get("/keys").json["keys"] == []
+    assert client.post("/page/keys", data={"label": "no token"}).status_code == 400
+
+
+def test_with_no_account_yet_the_start_and_the_sign_in_page_say_how_to_make_one(make_app, caplog):
+    with caplog.at_level(logging.WARNING, logger="app"):
+        app = make_app(AUTH="on")
+    assert any("no account yet" in record.getMessage() for record in caplog.records)
+    assert "flask --app app users create NAME --admin" in app.test_client().get("/login").get_data(as_text=True)
