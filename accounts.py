@@ -14,6 +14,7 @@ crash guarantees; this room decides what they mean:
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -23,7 +24,9 @@ from typing import Callable
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from errors import InvalidInput, NotFound
+from errors import AppError, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
 
 ROLES = ("admin", "user")
 MIN_PASSWORD, MAX_PASSWORD = 12, 1024
@@ -172,16 +175,27 @@ class Accounts:
         record = self.store.key_hashed(digest)
         if record is None or not hmac.compare_digest(record["key_hash"], digest):
             return None
-        user = self.store.user(record["user_id"])
+        user = self.still_valid(record)
         if user is not None:
             self._touch(record["key_id"])
+        return user
+
+    def still_valid(self, record: dict) -> dict | None:
+        """The account of a key or session record, unless the account is gone or its password changed after the
+        record was made (one made from a password checked just before the change, which the change did not see)."""
+        user = self.store.user(record["user_id"])
+        if user is None or record["created_at"] < user["password_changed_at"]:
+            return None
         return user
 
     def _touch(self, key_id: str) -> None:
         moment = self.clock()
         if moment - self._touched.get(key_id, float("-inf")) >= TOUCH_EVERY:
             self._touched[key_id] = moment
-            self.store.touch_key(key_id, now_iso(self.clock))
+            try:
+                self.store.touch_key(key_id, now_iso(self.clock))
+            except AppError as error:  # a read-only or full store: the request goes on, last_used_at waits
+                log.warning("could not note the use of API key %s (%s)", key_id, error.code)
 
     # Sign-in sessions
 
@@ -207,4 +221,4 @@ class Accounts:
         if datetime.fromtimestamp(self.clock(), timezone.utc) - started > self.session_lifetime:
             self.store.delete_session(digest)
             return None
-        return self.store.user(record["user_id"])
+        return self.still_valid(record)

@@ -284,7 +284,8 @@ class History:
             self._change(lambda data: data["sessions"].pop(session_hash, None))
 
     def claim(self, user_id: str) -> dict:
-        """Give every image and generation that belongs to no account to this one; how many of each."""
+        """Give every image and generation that belongs to no account to this one (and the questions asked in
+        sessions of no account); how many images and generations."""
 
         def change(data):
             counts = {}
@@ -293,6 +294,12 @@ class History:
                 for key in ownerless:
                     data[kind][key] = {**data[kind][key], "owner": user_id}
                 counts[kind] = len(ownerless)
+            # The questions asked in sessions from before accounts, so that the account still sees its threads.
+            for key, record in data["images"].items():
+                if any(entry.get("owner") not in (None, *data["users"]) for entry in record["questions"]):
+                    data["images"][key] = {**record, "questions": [
+                        {**entry, "owner": user_id} if entry.get("owner") not in (None, *data["users"]) else entry
+                        for entry in record["questions"]]}
             return counts
 
         return self._change(change)

@@ -4,7 +4,8 @@ The same records, answers and errors as the JSON store (history.History), kept a
 appends one row, a page of a session's history is an indexed query on (owner, created_at). The
 schema is made and upgraded at start by the migrations in migrations/ (Alembic), one process at a
 time; a database that a newer release has upgraded is refused. Replicas on one database also share
-the API keys' states (key_states), so one replica's 429 rests the key for all.
+the API keys' states (key_states), so one replica's 429 rests the key for all. Accounts, their API
+keys and sign-in sessions are rows here too (users, api_keys, sessions); accounts.py says what they mean.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Iterable, Iterator
 
 import sqlalchemy as sa
 
-from errors import (AppError, DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner, SettingError,
-                    StorageReadOnly)
+from errors import (AccountExists, AppError, DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner,
+                    SettingError, StorageReadOnly)
 from storage import NOT_WRITABLE, check_readable, check_writable
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,38 @@ key_states = sa.Table(
     sa.Column("reason", sa.String, nullable=False),
     sa.Column("rate_limits", sa.Integer, nullable=False),
 )
+# Accounts. No foreign keys to users: an account's keys and sessions are deleted with it in one
+# transaction, and its images and generations outlive it (their owner is its user_id, claimable again).
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # insertion order, which breaks ties of created_at
+    sa.Column("user_id", sa.String, nullable=False, unique=True),
+    sa.Column("name", sa.String, nullable=False, unique=True),
+    sa.Column("role", sa.String, nullable=False),
+    sa.Column("password_hash", sa.String, nullable=False),
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Column("password_changed_at", sa.String, nullable=False),
+)
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key_id", sa.String, nullable=False, unique=True),
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("label", sa.String, nullable=False),
+    sa.Column("prefix", sa.String, nullable=False),  # the key's first characters, for people to tell keys apart
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 of the key, never the key
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Column("last_used_at", sa.String),
+    sa.Index("ix_api_keys_user_id", "user_id"),
+)
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("session_hash", sa.String(64), nullable=False, unique=True),  # a hash of the cookie's token
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("created_at", sa.String, nullable=False),
+    sa.Index("ix_sessions_user_id", "user_id"),
+)
 
 TABLES = {"images": images, "generations": generations}
 KEY_COLUMN = {"images": images.c.image_id, "generations": generations.c.generation_id}
@@ -83,6 +116,12 @@ FIELDS = {
                     "created_at"),
 }
 QUESTION_FIELDS = ("question", "answer", "asked_at", "owner")
+# The account rows' fields as the stores hand them out (the id column is the database's own).
+ACCOUNT_FIELDS = {
+    users: ("user_id", "name", "role", "password_hash", "created_at", "password_changed_at"),
+    api_keys: ("key_id", "user_id", "label", "prefix", "key_hash", "created_at", "last_used_at"),
+    sessions: ("session_hash", "user_id", "created_at"),
+}
 
 
 class SchemaTooNew(SettingError):
@@ -336,6 +375,108 @@ class SqlHistory:
                 counts["new"] += len(given) - len(there)
                 counts["replaced"] += len(there)
 
+    def add_user(self, record: dict) -> None:
+        """Keep a new account; AccountExists if its name is taken."""
+        try:
+            with self._transaction() as db:
+                db.execute(users.insert(), [account_row(users, record)])
+        except sa.exc.IntegrityError:
+            if self.user_named(record["name"]) is None:
+                raise  # another unique column (the generated user_id) collided: no fault of the person's
+            raise AccountExists(f"an account named '{record['name']}' exists already: choose another name") from None
+
+    def user(self, user_id: str) -> dict | None:
+        """One account by its id, or None."""
+        return self._account_row(users, users.c.user_id == user_id)
+
+    def user_named(self, name: str) -> dict | None:
+        """One account by its name, or None."""
+        return self._account_row(users, users.c.name == name)
+
+    def users(self) -> list[dict]:
+        """Every account, oldest first."""
+        return self._account_rows(users, sa.true())
+
+    def set_password(self, user_id: str, password_hash: str, changed_at: str) -> bool:
+        """Replace an account's password and end its sessions and keys; False if there is no such account."""
+        change = (users.update().where(users.c.user_id == user_id)
+                  .values(password_hash=password_hash, password_changed_at=changed_at))
+        with self._transaction() as db:
+            if db.execute(change).rowcount == 0:
+                return False
+            end_access(db, user_id)
+            return True
+
+    def delete_user(self, user_id: str) -> bool:
+        """Remove an account with its sessions and keys (its records stay); False if there is no such account."""
+        with self._transaction() as db:
+            end_access(db, user_id)  # even with no account: keys or sessions left without one open nothing
+            return db.execute(users.delete().where(users.c.user_id == user_id)).rowcount > 0
+
+    def add_key(self, record: dict) -> None:
+        """Keep a new API key's record (its hash, never the key)."""
+        with self._transaction() as db:
+            db.execute(api_keys.insert(), [account_row(api_keys, record)])
+
+    def key_hashed(self, key_hash: str) -> dict | None:
+        """The API key with this hash, or None."""
+        return self._account_row(api_keys, api_keys.c.key_hash == key_hash)
+
+    def keys_of(self, user_id: str) -> list[dict]:
+        """An account's API keys, oldest first."""
+        return self._account_rows(api_keys, api_keys.c.user_id == user_id)
+
+    def delete_key(self, key_id: str) -> dict | None:
+        """Remove an API key and return its record, or None if there is none."""
+        with self._transaction() as db:
+            found = db.execute(sa.select(*account_columns(api_keys)).where(api_keys.c.key_id == key_id)
+                               ).mappings().first()
+            # No DELETE ... RETURNING (SQLite before 3.35 lacks it); the rowcount tells, of two requests
+            # revoking the same key at once, the one that came second.
+            if found is None or db.execute(api_keys.delete().where(api_keys.c.key_id == key_id)).rowcount == 0:
+                return None
+            return account_record(api_keys, found)
+
+    def touch_key(self, key_id: str, when: str) -> None:
+        """Note when an API key was last used (nothing happens if it was revoked meanwhile)."""
+        with self._transaction() as db:
+            db.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(last_used_at=when))
+
+    def add_session(self, record: dict) -> None:
+        """Keep a new sign-in session's record (a hash of its token, never the token)."""
+        with self._transaction() as db:
+            db.execute(sessions.insert(), [account_row(sessions, record)])
+
+    def session_hashed(self, session_hash: str) -> dict | None:
+        """The sign-in session with this hash, or None."""
+        return self._account_row(sessions, sessions.c.session_hash == session_hash)
+
+    def delete_session(self, session_hash: str) -> None:
+        """End a sign-in session (nothing happens if it has ended already)."""
+        with self._transaction() as db:
+            db.execute(sessions.delete().where(sessions.c.session_hash == session_hash))
+
+    def claim(self, user_id: str) -> dict:
+        """Give every image and generation whose owner is no account to this account (and the questions asked in
+        sessions of no account); count the images and generations."""
+        accounts = sa.select(users.c.user_id).scalar_subquery()
+        claimed = {}
+        with self._transaction() as db:  # both kinds or neither
+            for kind, table in TABLES.items():
+                unowned = table.update().where(table.c.owner.not_in(accounts)).values(owner=user_id)
+                claimed[kind] = db.execute(unowned).rowcount
+            # The questions asked in sessions from before accounts, so that the account still sees its threads.
+            db.execute(questions.update().where(questions.c.owner.is_not(None), questions.c.owner.not_in(accounts))
+                       .values(owner=user_id))
+        return claimed
+
+    def generations_since(self, owner: str, since: str) -> int:
+        """How many generations the owner made from the time `since` (ISO 8601 in UTC) on."""
+        count = (sa.select(sa.func.count()).select_from(generations)
+                 .where(generations.c.owner == owner, generations.c.created_at >= since))
+        with self._connection() as db:
+            return db.execute(count).scalar()
+
     def key_states(self) -> "SharedKeyStates":
         """The API keys' states kept in this database, for replicas to share."""
         return SharedKeyStates(self)
@@ -350,6 +491,16 @@ class SqlHistory:
         if found is None:
             raise not_found(kind, key)
         return record(kind, found)
+
+    def _account_row(self, table: sa.Table, where) -> dict | None:
+        with self._connection() as db:
+            found = db.execute(sa.select(*account_columns(table)).where(where)).mappings().first()
+            return None if found is None else account_record(table, found)
+
+    def _account_rows(self, table: sa.Table, where) -> list[dict]:
+        ordered = sa.select(*account_columns(table)).where(where).order_by(table.c.created_at, table.c.id)
+        with self._connection() as db:
+            return [account_record(table, found) for found in db.execute(ordered).mappings()]
 
     @contextmanager
     def _transaction(self):
@@ -432,6 +583,26 @@ def row(kind: str, record: dict) -> dict:
 def record(kind: str, found) -> dict:
     """A row as the record the JSON store keeps (an image's questions are added by with_threads)."""
     return {name: found[name] for name in FIELDS[kind]}
+
+
+def account_columns(table: sa.Table) -> list[sa.Column]:
+    return [table.c[name] for name in ACCOUNT_FIELDS[table]]
+
+
+def account_row(table: sa.Table, record: dict) -> dict:
+    """An account, key or session record's columns."""
+    return {name: record.get(name) for name in ACCOUNT_FIELDS[table]}
+
+
+def account_record(table: sa.Table, found) -> dict:
+    """A row of an account table as the stores hand it out."""
+    return {name: found[name] for name in ACCOUNT_FIELDS[table]}
+
+
+def end_access(db: sa.Connection, user_id: str) -> None:
+    """Delete an account's API keys and sign-in sessions (in the caller's transaction)."""
+    db.execute(api_keys.delete().where(api_keys.c.user_id == user_id))
+    db.execute(sessions.delete().where(sessions.c.user_id == user_id))
 
 
 def question_row(image_id: str, entry: dict) -> dict:

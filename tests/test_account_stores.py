@@ -117,11 +117,14 @@ def test_claim_gives_every_record_of_no_account_to_one_account(store):
     store.add_user(user_record("u1", "ada"))
     store.add_user(user_record("u2", "grace"))
     store.add_image(image_record("anonymous", owner="0f3a-session"))
+    store.add_question("anonymous", {"question": "q", "answer": "a", "asked_at": "t1", "owner": "0f3a-session"})
+    store.add_question("anonymous", {"question": "q2", "answer": "a", "asked_at": "t2", "owner": "u2"})
     store.add_image(image_record("graces", owner="u2"))
     store.add_generation(generation_record("old", owner="another-session"))
     store.add_generation(generation_record("adas", owner="u1"))
     assert store.claim("u1") == {"images": 1, "generations": 1}
     assert store.image("anonymous")["owner"] == "u1" and store.image("graces")["owner"] == "u2"
+    assert [entry["owner"] for entry in store.image("anonymous")["questions"]] == ["u1", "u2"]
     assert store.generation("old")["owner"] == "u1"
     assert store.claim("u1") == {"images": 0, "generations": 0}
 
