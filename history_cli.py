@@ -41,6 +41,7 @@ def copy(source: str | None, dest: str | None) -> None:
         raise click.ClickException(str(error)) from None
     tally = Tally()
     try:
+        accounts = len(reading.users())
         counts = writing.merge(tally.count(reading.all_records()))
     except AppError as error:  # a database that stopped answering, a full or read-only disk
         raise click.ClickException(f"{error.message} (nothing more was copied)") from None
@@ -50,6 +51,12 @@ def copy(source: str | None, dest: str | None) -> None:
     click.echo(f"copied {tally.kinds['images']} images (with {tally.questions} questions) and "
                f"{tally.kinds['generations']} generations from {described(source)} to {described(dest)}: "
                f"{counts['new']} new, {counts['replaced']} already there (replaced)")
+    if accounts:
+        # Not copied yet: in DEST the records of SOURCE's accounts belong to no account, so `users claim` there
+        # would give them all to one account.
+        click.echo(f"warning: SOURCE's {accounts} accounts, their API keys and sessions are not copied (their "
+                   "records are, with their owners): DEST has no account to sign in to them yet, and `users claim` "
+                   "on DEST would give those records to one account", err=True)
     missing = tally.missing_files(config["UPLOAD_FOLDER"], config["GENERATED_FOLDER"])
     if missing:
         click.echo(f"warning: {missing} records point to files that are not in UPLOAD_FOLDER or GENERATED_FOLDER "

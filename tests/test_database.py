@@ -235,3 +235,12 @@ def test_the_flask_command_copies_without_loading_a_model(tmp_path, database_url
     assert done.returncode == 0, done.stderr
     assert "copied 0 images" in done.stdout and "torch" not in done.stderr and "no-model" not in done.stderr
     assert not (tmp_path / "uploads").exists()
+
+
+def test_history_copy_says_that_accounts_are_not_copied(make_app, database_url):
+    app = make_app()
+    runner = app.test_cli_runner()
+    runner.invoke(args=["users", "create", "ada"], input="correct horse battery staple\n")
+    done = runner.invoke(args=["history", "copy", app.config["HISTORY_FILE"], database_url])
+    assert done.exit_code == 0, done.output
+    assert "1 accounts, their API keys and sessions are not copied" in done.output
