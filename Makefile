@@ -6,8 +6,8 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history install install-dev browser nginx \
-	postgresql wrk
+.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history bench-auth install install-dev browser \
+	nginx postgresql wrk
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
 run: install nginx
@@ -22,20 +22,24 @@ test: install-dev browser nginx axe postgresql
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start,
-# bench-history.
-bench: bench-speed bench-limits bench-start bench-history
+# bench-history, bench-auth.
+bench: bench-speed bench-limits bench-start bench-history bench-auth
 
 bench-speed: install-dev
 	$(BIN)/python bench/speed.py
 
 bench-limits: install-dev nginx
-	$(BIN)/python bench/limits.py
+	$(BIN)/python bench/hostile_use.py
 
 bench-start: install-dev nginx
 	$(BIN)/python bench/first_start.py
 
 bench-history: install-dev postgresql wrk
 	$(BIN)/python bench/history_store.py
+
+# What authentication adds to GET /history (an API key against AUTH=off), in-process, on JSON and SQLite.
+bench-auth: install-dev
+	$(BIN)/python bench/auth.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -1,4 +1,4 @@
-"""Memory stays bounded: few full-size decodes at once, no pixels waiting in queues. Figures: bench/limits.py."""
+"""Memory stays bounded: few full-size decodes at once, no pixels waiting in queues. Figures: bench/hostile_use.py."""
 
 import io
 import threading
