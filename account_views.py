@@ -31,7 +31,7 @@ def login():
     if not request.is_json:
         check_csrf()  # a form post from another site must not sign this browser in (login CSRF)
     name = field_checks.text(fields, "username", max_length=200)
-    password = field_checks.text(fields, "password", max_length=MAX_PASSWORD * 4)
+    password = field_checks.text(fields, "password", max_length=MAX_PASSWORD * 4, strip=False)
     user = identity().authenticate(name, password)
     if user is None:
         if not request.is_json:

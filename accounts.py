@@ -25,6 +25,7 @@ from typing import Callable
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from errors import AppError, InvalidInput, NotFound
+from field_checks import NOT_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,15 @@ def account_name(name: str) -> str:
 
 
 def check_new_password(password: str) -> None:
-    """Refuse a password shorter than 12 or longer than 1024 characters (InvalidInput, weak_password)."""
+    """Refuse a password shorter than 12 or longer than 1024 characters, or holding a control character
+    (InvalidInput, weak_password); spaces, also leading and trailing ones, are part of it."""
     if len(password) < MIN_PASSWORD:
         raise InvalidInput(f"a password has at least {MIN_PASSWORD} characters: a few words make a good one",
                            code="weak_password")
     if len(password) > MAX_PASSWORD:
         raise InvalidInput(f"a password has at most {MAX_PASSWORD} characters", code="weak_password")
+    if NOT_TEXT.search(password):  # the sign-in form and JSON refuse these, so no one could sign in with it
+        raise InvalidInput("a password cannot hold control characters or lone surrogates", code="weak_password")
 
 
 def hashed(secret: str) -> str:

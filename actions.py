@@ -205,12 +205,13 @@ def thread(record: dict) -> list[dict]:
     """The questions the caller's session asked about an image, with their answers, oldest first.
 
     With AUTH off an image id lets anyone see the image and ask about it, but each session sees only its
-    own thread; with AUTH on, each account (an admin reading another's image sees its own thread there).
+    own thread; with AUTH on, each account sees its own, and an admin every question about the image.
     Entries from before threads were kept per session belong to the image's owner.
     """
     viewer = owner() if current_app.config["AUTH_ON"] else session.get("owner")
+    everyone = current_app.config["AUTH_ON"] and signed_in_admin()  # an admin reads every thread
     return [{"question": entry["question"], "answer": entry["answer"], "asked_at": entry["asked_at"]}
-            for entry in record["questions"] if entry.get("owner", record["owner"]) == viewer]
+            for entry in record["questions"] if everyone or entry.get("owner", record["owner"]) == viewer]
 
 
 def generation_view(record: dict) -> dict:

@@ -25,8 +25,9 @@ VISIBLE = regex.compile(r"[^\s\p{Default_Ignorable_Code_Point}\u2800]")
 MAX_FILE_NAME = 100
 
 
-def text(fields, name: str, *, max_length: int, required: bool = True) -> str | None:
-    """A stripped, non-blank string of at most max_length characters (None if optional and absent)."""
+def text(fields, name: str, *, max_length: int, required: bool = True, strip: bool = True) -> str | None:
+    """A non-blank string of at most max_length characters, stripped unless strip is False (a password's spaces
+    are part of it); None if optional and absent."""
     value = fields.get(name)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
@@ -38,7 +39,7 @@ def text(fields, name: str, *, max_length: int, required: bool = True) -> str | 
     if NOT_TEXT.search(value):
         raise InvalidInput(f"'{name}' holds characters that are not text (a control character or a lone "
                            "surrogate): remove them and send it again", code=f"invalid_{name}")
-    value = value.strip()
+    value = value.strip() if strip else value
     if len(value) > max_length:
         raise InvalidInput(f"'{name}' is {len(value)} characters long; the limit is {max_length}: shorten it",
                            code=f"{name}_too_long")

@@ -197,3 +197,11 @@ def test_password_delete_and_claim_from_the_command_line(make_app):
     assert unknown.exit_code == 1 and "no account named 'nobody'" in unknown.output
     assert run(app, "users", "delete", "ada").exit_code == 0
     assert run(app, "users", "list").output == ""
+
+
+def test_spaces_are_part_of_a_password_and_control_characters_are_refused(identity):
+    identity.create_user("ada", "  spaced password  ")
+    assert identity.authenticate("ada", "  spaced password  ")["name"] == "ada"
+    assert identity.authenticate("ada", "spaced password") is None
+    with pytest.raises(InvalidInput, match="control characters"):
+        identity.create_user("grace", "bell\x07in a password")

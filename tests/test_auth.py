@@ -237,3 +237,11 @@ def test_with_no_account_yet_the_start_and_the_sign_in_page_say_how_to_make_one(
         app = make_app(AUTH="on")
     assert any("no account yet" in record.getMessage() for record in caplog.records)
     assert "flask --app app users create NAME --admin" in app.test_client().get("/login").get_data(as_text=True)
+
+
+def test_a_password_with_spaces_at_its_ends_signs_in(make_app):
+    app = make_app(AUTH="on")
+    app.extensions["accounts"].create_user("ada", "  spaced password  ")
+    client = app.test_client()
+    assert client.post("/login", json={"username": "ada", "password": "  spaced password  "}).status_code == 200
+    assert client.post("/login", json={"username": "ada", "password": "spaced password"}).status_code == 401
