@@ -49,6 +49,7 @@ DEFAULTS = {
     "GENERATIONS_PER_DAY": 50,
     "RATE_LIMIT": "120/minute",
     "RATE_LIMIT_STORAGE": "memory://",
+    "SESSION_COOKIE_SECURE": False,
 }
 
 # Settings that are gone, and what to set instead.

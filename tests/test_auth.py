@@ -245,3 +245,12 @@ def test_a_password_with_spaces_at_its_ends_signs_in(make_app):
     client = app.test_client()
     assert client.post("/login", json={"username": "ada", "password": "  spaced password  "}).status_code == 200
     assert client.post("/login", json={"username": "ada", "password": "spaced password"}).status_code == 401
+
+
+def test_session_cookie_secure_marks_the_cookie(make_app):
+    app = make_app(AUTH="on", **settings.from_environment({"SESSION_COOKIE_SECURE": "1"}))
+    app.extensions["accounts"].create_user("ada", PASSWORD)
+    response = app.test_client().post("/login", json={"username": "ada", "password": PASSWORD},
+                                      base_url="https://localhost")
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
