@@ -63,14 +63,20 @@ def upload(files, form, gave_up: Callable[[], bool] = bool) -> tuple[dict, image
                            code="too_many_files")
     file = sent[0]
     prompt = field_checks.text(form, "prompt", max_length=MAX_PROMPT, required=False)
+    return keep_image(file.stream, field_checks.file_name(file), prompt, gave_up)
+
+
+def keep_image(stream, original_name: str | None, prompt: str | None = None,
+               gave_up: Callable[[], bool] = bool) -> tuple[dict, images.Encoded]:
+    """Validate an image file (a binary stream), caption it (continuing prompt, if any), keep it with its record."""
     service("models").check_caption(prompt)
     storage.check_writable(current_app.config["UPLOAD_FOLDER"], "UPLOAD_FOLDER")
-    stored, model_input = decode(file.stream)
+    stored, model_input = decode(stream)
     caption = service("models").caption(model_input, prompt, gave_up)
     image_id = str(uuid.uuid4())
     record = {
         "image_id": image_id, "owner": owner(), "filename": image_id + stored.extension,
-        "original_name": field_checks.file_name(file), "mime_type": stored.mime_type,
+        "original_name": original_name, "mime_type": stored.mime_type,
         "prompt": prompt, "caption": caption, "created_at": now(), "questions": [],
     }
     keep("UPLOAD_FOLDER", record["filename"], stored.data, service("history").add_image, record)
@@ -94,6 +100,11 @@ def ask(fields_given, gave_up: Callable[[], bool] = bool) -> tuple[dict, str]:
     """Answer a question about a kept image and add it to the caller's thread; return the record and answer."""
     question = field_checks.text(fields_given, "question", max_length=MAX_QUESTION)
     image_id = field_checks.text(fields_given, "image_id", max_length=100)
+    return ask_about(image_id, question, gave_up)
+
+
+def ask_about(image_id: str, question: str, gave_up: Callable[[], bool] = bool) -> tuple[dict, str]:
+    """Answer a checked question about a kept image the caller may read, added to the caller's thread."""
     record = readable("images", image_id)
     service("history").check_writable()
     answer = service("models").answer(image_id, stored_image(record), question, gave_up)

@@ -9,6 +9,7 @@ import os
 import secrets
 import tempfile
 import threading
+import time
 
 import click
 from flask import Flask, jsonify, request
@@ -60,6 +61,7 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
     app.config["WTF_CSRF_TIME_LIMIT"] = None  # a page's token lasts as long as its session, as before Flask-WTF
     app.config["TRUSTED_HOST_NAMES"] = guards.trusted_hosts(app.config)
     app.config["AUTH_ON"] = settings.auth_on(app.config)
+    app.config["STARTED_AT"] = time.time()  # /v1/models' "created"
     # Checked by guards.trusted_hosts_only: werkzeug's own check of TRUSTED_HOSTS cannot match an IPv6 name (::1).
     app.config["TRUSTED_HOSTS"] = None
     app.secret_key = app.config["SECRET_KEY"] or instance_secret_key(app.instance_path)
@@ -211,8 +213,11 @@ def register_routes(app: Flask) -> None:
     import api
     import pages
 
+    import openai_api
+
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(openai_api.bp)
     if app.config["AUTH_ON"]:
         import account_views
 

@@ -250,14 +250,35 @@ def ask_for_an_account():
                           {"WWW-Authenticate": REALM})
 
 
+# OpenAI's error types by status, for /v1 (the SDKs pick their exception class by the status itself).
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                429: "rate_limit_error"}
+
+
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
-    """The one JSON shape of every error: {"error": what went wrong and what to do, "code": a stable code}."""
-    response = jsonify(error=message, code=code)
+    """The one JSON shape of every error: {"error": what went wrong and what to do, "code": a stable code};
+    on /v1, OpenAI's {"error": {"message", "type", "param", "code"}} with the same status, message and code."""
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        response = jsonify(error={"message": message, "type": OPENAI_TYPES.get(status, "server_error"),
+                                  "param": error_param(code), "code": code})
+    else:
+        response = jsonify(error=message, code=code)
     response.status_code = status
     for name, value in (headers or {}).items():
         if name.lower() != "content-type":
             response.headers[name] = value
     return response
+
+
+def error_param(code: str) -> str | None:
+    """The request field an error code names (missing_prompt, invalid_size, prompt_too_long), else None."""
+    if code == "model_not_found":
+        return "model"
+    for prefix in ("missing_", "invalid_"):
+        if code.startswith(prefix):
+            return code[len(prefix):]
+    return code[: -len("_too_long")] if code.endswith("_too_long") else None
 
 
 def identity() -> Accounts:

@@ -106,6 +106,11 @@ class ModelService:
             return None
         return self.batcher.submit(self._contexts, ("context",), (image_id, load), background=True)
 
+    def token_count(self, text: str) -> int:
+        """How many tokens of the BLIP tokenizer a text is (for /v1's usage)."""
+        model = self.answerer if getattr(self.answerer, "ready", True) else self.captioner
+        return model.token_count(text) if getattr(model, "ready", True) else 0
+
     def forget(self, image_id: str) -> None:
         """Drop a deleted image's cached context."""
         self.cache.drop(image_id)

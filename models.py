@@ -93,6 +93,10 @@ class BlipModel:
                      time.perf_counter() - started, described(choices))
         return cls(model, processor, name=name, generation=generation)
 
+    def token_count(self, text: str) -> int:
+        """How many tokens of this model's tokenizer the text is, without the special ones."""
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def model_input(self, image: Image.Image) -> np.ndarray:
         """One image as the model takes it: its processor's pixel values, (1, 3, height, width), float32.
 

@@ -14,6 +14,9 @@ class FakeCaptioner:
     def prompt_fits(self, prompt):
         return True
 
+    def token_count(self, text):
+        return len(text.split())
+
     def model_input(self, image):
         return image
 
@@ -38,6 +41,9 @@ class FakeAnswerer:
 
     def contexts(self, images):
         return [FakeContext(image) for image in images]
+
+    def token_count(self, text):
+        return len(text.split())
 
     def answer_batch(self, contexts, questions):
         self.calls += [(context.image.mode, context.image.size, q) for context, q in zip(contexts, questions)]

@@ -73,6 +73,11 @@ class Seen:
                 self.secret(token, "a sign-in session's token")
 
 
+def error_code(body: dict) -> str:
+    """An error's code: {"error", "code"}, or on /v1 OpenAI's {"error": {"message", "type", "param", "code"}}."""
+    return body["error"]["code"] if isinstance(body["error"], dict) else body["code"]
+
+
 def session_content(cookie: str) -> dict:
     """What a session cookie holds, read with the servers' SECRET_KEY as Flask reads it."""
     probe = Flask("probe")
@@ -191,7 +196,7 @@ def sign_in(seen: Seen, base: str, name: str, secret: str) -> Client:
 def refused(response: requests.Response) -> bool:
     """Whether an answer is the 401 of a request without a valid account."""
     return (response.status_code == 401 and response.headers.get("WWW-Authenticate") == REALM
-            and response.json()["code"] == "unauthorized")
+            and error_code(response.json()) == "unauthorized")
 
 
 def upload(client: Client, base: str) -> dict:
