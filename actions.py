@@ -5,6 +5,7 @@ neither stays on disk without the other. The JSON API and the page both call the
 how to tell that the caller has gone (gave_up), which only the web layer knows.
 """
 
+import hashlib
 import math
 import os
 import time
@@ -71,17 +72,32 @@ def keep_image(stream, original_name: str | None, prompt: str | None = None,
     """Validate an image file (a binary stream), caption it (continuing prompt, if any), keep it with its record."""
     service("models").check_caption(prompt)
     storage.check_writable(current_app.config["UPLOAD_FOLDER"], "UPLOAD_FOLDER")
+    content_sha256 = sent_digest(stream)
     stored, model_input = decode(stream)
     caption = service("models").caption(model_input, prompt, gave_up)
     image_id = str(uuid.uuid4())
     record = {
         "image_id": image_id, "owner": owner(), "filename": image_id + stored.extension,
         "original_name": original_name, "mime_type": stored.mime_type,
-        "prompt": prompt, "caption": caption, "created_at": now(), "questions": [],
+        "prompt": prompt, "caption": caption, "created_at": now(), "questions": [], "content_sha256": content_sha256,
     }
     keep("UPLOAD_FOLDER", record["filename"], stored.data, service("history").add_image, record)
     service("models").prepare(image_id, stored_image(record))  # so that even the first question is quick
     return record, stored
+
+
+def sent_digest(stream) -> str:
+    """The SHA-256 of a file as it was sent (before it is re-encoded), in hex; the stream is left at its start."""
+    stream.seek(0)
+    digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    stream.seek(0)
+    return digest
+
+
+def image_sent_before(data: bytes) -> dict | None:
+    """The caller's image whose bytes as sent were these (a chat client sends the whole conversation each turn),
+    or None."""
+    return service("history").image_with_content(owner(), hashlib.sha256(data).hexdigest())
 
 
 def decode(stream) -> tuple[images.Encoded, object]:

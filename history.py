@@ -39,7 +39,7 @@ REQUIRED = {
     "api_keys": {"key_id": str, "user_id": str, "label": str, "prefix": str, "key_hash": str, "created_at": str},
     "sessions": {"session_hash": str, "user_id": str, "created_at": str},
 }
-OPTIONAL = {"images": {"prompt": str, "original_name": str}, "generations": {"provider": str},
+OPTIONAL = {"images": {"prompt": str, "original_name": str, "content_sha256": str}, "generations": {"provider": str},
             "users": {}, "api_keys": {"last_used_at": str}, "sessions": {}}
 QUESTION = {"question": str, "answer": str, "asked_at": str}
 UNREADABLE = (ValueError, UnicodeDecodeError, RecursionError)  # RecursionError: JSON nested too deep
@@ -303,6 +303,12 @@ class History:
             return counts
 
         return self._change(change)
+
+    def image_with_content(self, owner: str, content_sha256: str) -> dict | None:
+        """The owner's newest image whose bytes as sent had this SHA-256, with its thread; None if there is none."""
+        found = [record for record in self._read()["images"].values()
+                 if record["owner"] == owner and record.get("content_sha256") == content_sha256]
+        return copy.deepcopy(found[-1]) if found else None
 
     def generations_since(self, owner: str, since: str) -> int:
         """How many generations the owner made from a time on (ISO 8601 in UTC)."""

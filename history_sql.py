@@ -42,7 +42,9 @@ images = sa.Table(
     sa.Column("prompt", sa.Text),
     sa.Column("caption", sa.Text, nullable=False),
     sa.Column("created_at", sa.String, nullable=False),  # ISO 8601 in UTC, so text order is time order
+    sa.Column("content_sha256", sa.String(64)),  # of the bytes as sent, for /v1's resent images; null before 0003
     sa.Index("ix_images_owner_created_at", "owner", "created_at"),
+    sa.Index("ix_images_owner_content_sha256", "owner", "content_sha256"),
 )
 questions = sa.Table(
     "questions", metadata,
@@ -111,7 +113,8 @@ sessions = sa.Table(
 TABLES = {"images": images, "generations": generations}
 KEY_COLUMN = {"images": images.c.image_id, "generations": generations.c.generation_id}
 FIELDS = {
-    "images": ("image_id", "owner", "filename", "original_name", "mime_type", "prompt", "caption", "created_at"),
+    "images": ("image_id", "owner", "filename", "original_name", "mime_type", "prompt", "caption", "created_at",
+               "content_sha256"),
     "generations": ("generation_id", "owner", "filename", "mime_type", "description", "parameters", "provider",
                     "created_at"),
 }
@@ -470,6 +473,14 @@ class SqlHistory:
                        .values(owner=user_id))
         return claimed
 
+    def image_with_content(self, owner: str, content_sha256: str) -> dict | None:
+        """The owner's newest image whose bytes as sent had this SHA-256, with its thread; None if there is none."""
+        with self._connection() as db:
+            found = db.execute(sa.select(images).where(images.c.owner == owner,
+                                                       images.c.content_sha256 == content_sha256)
+                               .order_by(images.c.id.desc()).limit(1)).mappings().first()
+            return with_threads(db, [record("images", found)])[0] if found else None
+
     def generations_since(self, owner: str, since: str) -> int:
         """How many generations the owner made from the time `since` (ISO 8601 in UTC) on."""
         count = (sa.select(sa.func.count()).select_from(generations)
@@ -581,8 +592,12 @@ def row(kind: str, record: dict) -> dict:
 
 
 def record(kind: str, found) -> dict:
-    """A row as the record the JSON store keeps (an image's questions are added by with_threads)."""
-    return {name: found[name] for name in FIELDS[kind]}
+    """A row as the record the JSON store keeps (an image's questions are added by with_threads); an image's
+    content_sha256, unknown for images kept before it was (null), is absent, as in the JSON store."""
+    kept = {name: found[name] for name in FIELDS[kind]}
+    if kind == "images" and kept["content_sha256"] is None:
+        del kept["content_sha256"]
+    return kept
 
 
 def account_columns(table: sa.Table) -> list[sa.Column]:

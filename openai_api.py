@@ -51,7 +51,9 @@ def chat_completions():
         raise InvalidInput(f"the model '{model}' is not served here: use '{CHAT_MODEL}' (GET /v1/models lists them)",
                            code="model_not_found")
     image, question = read_chat(body.get("messages"))
-    record, _ = actions.keep_image(io.BytesIO(image), None, None, client_gone)
+    # Chat clients send the whole conversation at every turn: an image sent before is kept once, and its
+    # question context, cached since, makes a later turn cost what a /question does.
+    record = actions.image_sent_before(image) or actions.keep_image(io.BytesIO(image), None, None, client_gone)[0]
     if wants_description(question):
         content = record["caption"]
     else:

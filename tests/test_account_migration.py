@@ -30,8 +30,9 @@ def history_before_accounts(url: str, root: str) -> None:
     """A database at schema 0001 holding one image (with a question) and one generation of an anonymous session."""
     with alembic_on(url, root) as (config, connection):
         command.upgrade(config, "0001")
-        image = image_record("old", owner="0f3a-session")
-        connection.execute(history_sql.images.insert(), [history_sql.row("images", image)])
+        image = history_sql.row("images", image_record("old", owner="0f3a-session"))
+        del image["content_sha256"]  # a column since 0003
+        connection.execute(sa.table("images", *map(sa.column, image)).insert(), [image])
         connection.execute(history_sql.questions.insert(), [history_sql.question_row(
             "old", {"question": "q", "answer": "a", "asked_at": "t", "owner": "0f3a-session"})])
         connection.execute(history_sql.generations.insert(),
@@ -58,3 +59,16 @@ def test_the_accounts_migration_downgrades_to_the_history_alone(database_url, tm
         command.downgrade(config, "0001")
         tables = set(sa.inspect(connection).get_table_names())
     assert {"users", "api_keys", "sessions"}.isdisjoint(tables) and {"images", "generations"} <= tables
+
+
+def test_the_image_digest_migration_downgrades_and_upgrades_again(database_url, tmp_path):
+    SqlHistory(database_url, str(tmp_path)).close()
+    with alembic_on(database_url, str(tmp_path)) as (config, connection):
+        command.downgrade(config, "0002")
+        assert "content_sha256" not in {column["name"] for column in sa.inspect(connection).get_columns("images")}
+    store = SqlHistory(database_url, str(tmp_path))  # upgrades to the newest again
+    try:
+        store.add_image(image_record("new", content_sha256="c" * 64))
+        assert store.image_with_content("me", "c" * 64)["image_id"] == "new"
+    finally:
+        store.close()

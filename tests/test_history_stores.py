@@ -157,3 +157,15 @@ def test_records_copy_to_every_other_store_and_again_changes_nothing(stores, sto
         assert copied[record.get("image_id") or record["generation_id"]] == record
     assert copied["only-in-dest"] == image_record("only-in-dest")
     assert [record["image_id"] for record in dest.list("images", "o1", 10, 0)[0]] == ["i3", "i1"]
+
+
+def test_an_image_is_found_by_the_digest_of_its_bytes_as_sent_for_its_owner_only(store):
+    store.add_image(image_record("old", content_sha256="a" * 64, created_at="2026-11-25T10:00:00.000Z"))
+    store.add_image(image_record("new", content_sha256="a" * 64, created_at="2026-11-25T11:00:00.000Z"))
+    store.add_image(image_record("theirs", owner="someone else", content_sha256="b" * 64))
+    store.add_image(image_record("unknown"))  # kept before digests were
+    store.add_question("new", {"question": "q", "answer": "x", "asked_at": "t1", "owner": "me"})
+    found = store.image_with_content("me", "a" * 64)
+    assert found["image_id"] == "new" and found["questions"][0]["question"] == "q"
+    assert store.image_with_content("me", "b" * 64) is None
+    assert "content_sha256" not in store.image("unknown")

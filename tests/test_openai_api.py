@@ -66,15 +66,16 @@ def test_models_lists_the_chat_model_and_the_image_model(client):
 
 def test_a_description_is_the_caption_and_a_question_gets_an_answer(client, server):
     picture = image_bytes("PNG", size=(64, 48), color=(200, 30, 30))
+    headers = {"Authorization": f"Bearer {server[1]}"}
+    before = requests.get(server[0] + "/history", headers=headers, timeout=30).json()["total_images"]
     described = ask(client, "Describe this image.", data_uri(picture))
     assert described.object == "chat.completion" and described.choices[0].finish_reason == "stop"
     assert isinstance(described.choices[0].message.content, str)
     assert described.usage.total_tokens == described.usage.prompt_tokens + described.usage.completion_tokens
     answered = ask(client, "what color is it?", base64.b64encode(picture).decode())  # bare base64
     assert isinstance(answered.choices[0].message.content, str)
-    history = requests.get(server[0] + "/history", headers={"Authorization": f"Bearer {server[1]}"},
-                           timeout=30).json()
-    assert history["total_images"] >= 2  # kept in the account's history
+    history = requests.get(server[0] + "/history", headers=headers, timeout=30).json()
+    assert history["total_images"] == before + 1  # kept in the account's history, once: the same bytes both times
 
 
 def test_a_streamed_answer_ends_with_done(client):
@@ -112,3 +113,21 @@ def test_images_generate_with_each_response_format_and_n_2(client, server):
     assert fetched.status_code == 200 and fetched.headers["Content-Type"] == "image/png"
     assert len(HUGGING_FACE.requests) == 3
     assert requests.get(linked.data[0].url, timeout=30).status_code == 401  # the same key can fetch it; no one else
+
+
+def test_an_image_sent_again_is_kept_once_and_its_context_reused(client, server):
+    base, key = server
+    headers = {"Authorization": f"Bearer {key}"}
+    picture = image_bytes("PNG", size=(52, 44), color=(10, 120, 240))
+    before = requests.get(base + "/history", headers=headers, timeout=30).json()["total_images"]
+    turns = [{"role": "user", "content": [{"type": "text", "text": "Describe this image."},
+                                          {"type": "image_url", "image_url": {"url": data_uri(picture)}}]}]
+    first = client.chat.completions.create(model="image-assistant", messages=turns)
+    turns += [{"role": "assistant", "content": first.choices[0].message.content},
+              {"role": "user", "content": "what color is it?"}]
+    client.chat.completions.create(model="image-assistant", messages=turns)
+    history = requests.get(base + "/history", headers=headers, timeout=30).json()
+    assert history["total_images"] == before + 1
+    newest = history["images"][0]  # the one image both turns sent, asked about in the second
+    assert newest["caption"] == first.choices[0].message.content
+    assert [entry["question"] for entry in newest["questions"]] == ["what color is it?"]
