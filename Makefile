@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history bench-auth install install-dev browser \
+.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history bench-auth bench-chat install install-dev browser \
 	nginx postgresql wrk
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
@@ -22,8 +22,8 @@ test: install-dev browser nginx axe postgresql
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start,
-# bench-history, bench-auth.
-bench: bench-speed bench-limits bench-start bench-history bench-auth
+# bench-history, bench-auth, bench-chat.
+bench: bench-speed bench-limits bench-start bench-history bench-auth bench-chat
 
 bench-speed: install-dev
 	$(BIN)/python bench/speed.py
@@ -40,6 +40,9 @@ bench-history: install-dev postgresql wrk
 # What authentication adds to GET /history (an API key against AUTH=off), in-process, on JSON and SQLite.
 bench-auth: install-dev
 	$(BIN)/python bench/auth.py
+
+bench-chat: install-dev
+	$(BIN)/python bench/chat_turns.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
