@@ -30,7 +30,7 @@ def server(tiny_blip, tmp_path_factory):
            "GENERATED_FOLDER": str(folder / "generated"), "HISTORY_FILE": str(folder / "history.json"),
            "CAPTION_MAX_LENGTH": "8", "VQA_MAX_LENGTH": "4", "HF_API_KEYS": ",".join(HF_KEYS),
            "HF_ROUTER_URL": HUGGING_FACE.url, "HF_PROVIDER": "hf-inference", "SD_MODEL": "some/model",
-           "RATE_LIMIT": "1000/minute"}
+           "RATE_LIMIT": "1000/minute", "GENERATIONS_PER_DAY": "4"}
     process = servers.start([servers.PYTHON, "app.py"], env, str(folder / "server.log"))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -113,6 +113,9 @@ def test_images_generate_with_each_response_format_and_n_2(client, server):
     assert fetched.status_code == 200 and fetched.headers["Content-Type"] == "image/png"
     assert len(HUGGING_FACE.requests) == 3
     assert requests.get(linked.data[0].url, timeout=30).status_code == 401  # the same key can fetch it; no one else
+    with pytest.raises(openai.RateLimitError, match="3 of its 4 generations in the last 24 hours") as refused:
+        client.images.generate(prompt="a lighthouse", n=2)  # the quota counts /v1's generations as any others
+    assert refused.value.body["code"] == "quota_exceeded" and len(HUGGING_FACE.requests) == 3
 
 
 def test_an_image_sent_again_is_kept_once_and_its_context_reused(client, server):
