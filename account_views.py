@@ -6,14 +6,14 @@ form post from the page gets a page or a redirect, a script's JSON gets JSON.
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 
 import field_checks
 from accounts import MAX_PASSWORD, public
 from api import request_fields
 from errors import NotFound, Unauthorized
-from guards import REALM, Account, check_csrf, identity
+from guards import REALM, Account, check_csrf, check_form_csrf, identity
 
 bp = Blueprint("account", __name__)
 
@@ -32,7 +32,8 @@ def login():
         check_csrf()  # a form post from another site must not sign this browser in (login CSRF)
     name = field_checks.text(fields, "username", max_length=200)
     password = field_checks.text(fields, "password", max_length=MAX_PASSWORD * 4, strip=False)
-    user = identity().authenticate(name, password)
+    throttle = current_app.extensions["sign_in_throttle"]
+    user = throttle.attempt(name, request.remote_addr or "", lambda: identity().authenticate(name, password))
     if user is None:
         if not request.is_json:
             return render_template("login.html", error=WRONG, next=safe_next(fields.get("next"))), 401
@@ -46,8 +47,7 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    if not request.is_json and request.form:
-        check_csrf()
+    check_form_csrf()
     if current_user.token:
         identity().end_session(current_user.token)  # ended on the server: a saved copy of the cookie no longer works
     logout_user()
@@ -64,6 +64,7 @@ def list_keys():
 
 @bp.post("/keys")
 def create_key():
+    check_form_csrf()
     label = field_checks.text(request_fields(), "label", max_length=100, required=False) or ""
     record, key = identity().create_key(current_user.user_id, label)
     return jsonify(key_id=record["key_id"], key=key, label=record["label"], created_at=record["created_at"]), 201

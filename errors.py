@@ -58,6 +58,13 @@ class Unauthorized(AppError):
     code = "unauthorized"
 
 
+class RateLimited(AppError):
+    """Too many requests, or failed sign-ins, in a window."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class QuotaExceeded(AppError):
     """An account has made GENERATIONS_PER_DAY generations in the last 24 hours."""
 

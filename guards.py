@@ -11,17 +11,22 @@ off, nothing here asks who the caller is, and the history is a cookie session's,
 import logging
 import math
 import socket
+import threading
 import time
+from typing import Callable
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, jsonify, redirect, request, url_for
 from flask_limiter import Limiter
 from flask_login import LoginManager, current_user
 from flask_wtf.csrf import ValidationError, generate_csrf, validate_csrf
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
 import settings
 from accounts import Accounts
-from errors import InvalidInput
+from errors import InvalidInput, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,15 @@ def security_headers(response):
 def csrf_token() -> str:
     """The session's token for the page's form posts (Flask-WTF's, signed with SECRET_KEY; new at each sign-in)."""
     return generate_csrf()
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")  # what an HTML form sends
+
+
+def check_form_csrf() -> None:
+    """check_csrf for a request a browser's form could have sent (a cross-site form needs no Origin check to fail)."""
+    if request.mimetype in FORM_TYPES:
+        check_csrf()
 
 
 def check_csrf() -> None:
@@ -165,16 +179,12 @@ class Account:
 def register_authentication(app: Flask) -> None:
     """With AUTH on: Flask-Login over accounts.py (sessions by their token, API keys by request_loader; 401 without
     either), and Flask-Limiter's limits (RATE_LIMIT, and failed sign-ins). After the routes are registered."""
-    limiter = Limiter(rate_key, app=app, default_limits=[app.config["RATE_LIMIT"]], headers_enabled=True,
-                      storage_uri=app.config["RATE_LIMIT_STORAGE"],
-                      default_limits_exempt_when=lambda: request.endpoint == "static", on_breach=too_many)
-    # At most SIGN_IN_FAILURES failed sign-ins per account name and per address in the window; a right password
-    # is refused too until the window has passed, and the answer is the same whether the name exists or not.
-    failed = dict(deduct_when=lambda response: response.status_code == 401, on_breach=too_many_sign_ins)
-    sign_in = limiter.limit(SIGN_IN_FAILURES, key_func=lambda: "name:" + signing_in_as(), **failed)(
-        limiter.limit(SIGN_IN_FAILURES, key_func=lambda: "address:" + (request.remote_addr or ""), **failed)(
-            app.view_functions["account.login"]))
-    app.view_functions["account.login"] = sign_in
+    # One count per account (or address) across every route: application limits, not Flask-Limiter's per-route
+    # default ones. Retry-After goes on the 429 only (too_many), not on every answer.
+    Limiter(rate_key, app=app, application_limits=[app.config["RATE_LIMIT"]],
+            storage_uri=app.config["RATE_LIMIT_STORAGE"], on_breach=too_many,
+            application_limits_exempt_when=lambda: request.endpoint == "static")
+    app.extensions["sign_in_throttle"] = SignInThrottle(app.config["RATE_LIMIT_STORAGE"])
     manager = LoginManager(app)
     manager.session_protection = None  # the server ends sessions itself (accounts.end_session); no IP pinning
 
@@ -207,13 +217,6 @@ def rate_key() -> str:
     return "address:" + (request.remote_addr or "")
 
 
-def signing_in_as() -> str:
-    """The account name a sign-in names (form or JSON), as accounts keep names; '' when it names none."""
-    fields = request.get_json(silent=True) if request.is_json else request.form
-    name = fields.get("username") if isinstance(fields, dict) or hasattr(fields, "get") else None
-    return name.strip().lower()[:200] if isinstance(name, str) else ""
-
-
 def too_many(limit) -> object:
     """RATE_LIMIT's refusal: 429 rate_limited with Retry-After."""
     wait = retry_after(limit)
@@ -221,16 +224,37 @@ def too_many(limit) -> object:
                                                "or send fewer", {"Retry-After": str(wait)})
 
 
-def too_many_sign_ins(limit) -> object:
-    """The refusal past SIGN_IN_FAILURES: 429 rate_limited, saying nothing of whether the name exists."""
-    wait = retry_after(limit)
-    return error_response(429, "rate_limited", f"too many failed sign-ins for this name or from this address: wait "
-                                               f"{wait} s and try again", {"Retry-After": str(wait)})
-
-
 def retry_after(limit) -> int:
     """Whole seconds until a breached limit's window resets, at least 1."""
     return max(1, math.ceil(limit.reset_at - time.time()))
+
+
+class SignInThrottle:
+    """At most SIGN_IN_FAILURES failed sign-ins per account name and per client address in the window (OWASP ASVS
+    V2.2.1). The check, the password's check and the count of a failure happen under one lock, so that guesses
+    sent at the same time are counted as they come, not all let through before the first is counted; a right
+    password is refused too while the window is spent, and the answer is the same whether the name exists."""
+
+    def __init__(self, storage_uri: str):
+        self.limit = parse(SIGN_IN_FAILURES)
+        self.window = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._lock = threading.Lock()
+
+    def attempt(self, name: str, address: str, check: Callable[[], object]):
+        """check()'s result (None for a failure), or RateLimited before it is run when either count is spent."""
+        keys = ("sign-in-name", name.strip().lower()[:200]), ("sign-in-address", address)
+        with self._lock:
+            spent = [key for key in keys if not self.window.test(self.limit, *key)]
+            if spent:
+                reset = max(self.window.get_window_stats(self.limit, *key).reset_time for key in spent)
+                wait = max(1, math.ceil(reset - time.time()))
+                raise RateLimited(f"too many failed sign-ins for this name or from this address: wait {wait} s and "
+                                  "try again", headers={"Retry-After": str(wait)})
+            result = check()
+            if result is None:
+                for key in keys:
+                    self.window.hit(self.limit, *key)
+            return result
 
 
 def api_key(incoming) -> str | None:
@@ -252,7 +276,8 @@ def ask_for_an_account():
 
 # OpenAI's error types by status, for /v1 (the SDKs pick their exception class by the status itself).
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                404: "not_found_error", 405: "invalid_request_error", 409: "invalid_request_error",
+                413: "invalid_request_error", 414: "invalid_request_error", 431: "invalid_request_error",
                 429: "rate_limit_error"}
 
 

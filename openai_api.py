@@ -8,39 +8,68 @@ OpenAI's shape too (guards.error_response), so that the SDKs raise their own exc
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import re
 import time
 import uuid
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, session, stream_with_context, url_for
 
 import actions
 import field_checks
 from actions import MAX_IMAGES, MAX_QUESTION, service
 from api import client_gone, request_fields
-from errors import InvalidInput
+from errors import InvalidInput, NotFound
+from guards import api_key
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
 CHAT_MODEL = "image-assistant"
 # Questions that ask for a description get the caption, not a VQA answer (compared lower case, without the
 # final punctuation). Anything else is a question for the VQA model.
-DESCRIBE = ("describe", "caption", "what is in this image", "what's in this image", "what is in the image",
-            "what's in the image", "what is this image", "what is this picture", "what do you see",
-            "what is shown", "what does this image show", "what does the image show")
+DESCRIBE = re.compile(
+    r"\b(describe|description|caption)\b"
+    r"|^what(?:'s|s| is| do you see)?(?: (?:in|on) (?:this|the) (?:image|picture|photo|pic))?$"
+    r"|^what(?:'s|s| is) (?:in|on|this|that) (?:this |the )?(?:image|picture|photo|pic)"
+    r"|^what does (?:this|the|it) (?:image |picture |photo )?show"
+    r"|^what(?:'s|s| is) (?:this|that|it)$"
+    r"|^what do you see|^what is shown")
 DATA_URI = re.compile(r"data:(image/(?:png|jpeg|jpg));base64,(.*)", re.DOTALL | re.IGNORECASE)
-SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+SIZE = re.compile(r"([0-9]{1,5})[xX]([0-9]{1,5})")
+
+
+@bp.before_request
+def body_and_owner():
+    # An image comes base64-encoded in JSON: 4/3 of its bytes, where the app's limit is set for a multipart upload.
+    request.max_content_length = current_app.config["MAX_CONTENT_LENGTH"] * 4 // 3 + 64 * 1024
+    # With AUTH off the history is a cookie session's, but OpenAI's clients keep no cookies: the key they send
+    # (any key goes) stands for the session, so that a conversation's turns find the image sent before.
+    key = api_key(request)
+    if not current_app.config["AUTH_ON"] and key and "owner" not in session:
+        session["owner"] = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
 @bp.get("/models")
 def models():
+    return jsonify(object="list", data=model_list())
+
+
+@bp.get("/models/<path:model_id>")
+def model(model_id):
+    found = [entry for entry in model_list() if entry["id"] == model_id]
+    if not found:
+        raise NotFound(f"the model '{model_id}' is not served here: GET /v1/models lists them",
+                       code="model_not_found")
+    return jsonify(found[0])
+
+
+def model_list() -> list[dict]:
+    """The chat model and the image model, as OpenAI lists models."""
     created = int(current_app.config["STARTED_AT"])
-    return jsonify(object="list", data=[
-        {"id": CHAT_MODEL, "object": "model", "created": created, "owned_by": "image-assistant"},
-        {"id": current_app.config["SD_MODEL"], "object": "model", "created": created, "owned_by": "huggingface"},
-    ])
+    return [{"id": CHAT_MODEL, "object": "model", "created": created, "owned_by": "image-assistant"},
+            {"id": current_app.config["SD_MODEL"], "object": "model", "created": created, "owned_by": "huggingface"}]
 
 
 @bp.post("/chat/completions")
@@ -48,8 +77,8 @@ def chat_completions():
     body = request_fields()
     model = body.get("model")
     if model != CHAT_MODEL:
-        raise InvalidInput(f"the model '{model}' is not served here: use '{CHAT_MODEL}' (GET /v1/models lists them)",
-                           code="model_not_found")
+        given = "no model was named" if model is None else f"the model '{model}' is not served here"
+        raise InvalidInput(f"{given}: use '{CHAT_MODEL}' (GET /v1/models lists them)", code="model_not_found")
     image, question = read_chat(body.get("messages"))
     # Chat clients send the whole conversation at every turn: an image sent before is kept once, and its
     # question context, cached since, makes a later turn cost what a /question does.
@@ -84,11 +113,13 @@ def read_chat(messages) -> tuple[bytes, str]:
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("'messages' must be a list of {role, content}", code="invalid_messages")
     image, question = None, ""
-    for message in messages:
+    for message in messages:  # the question is the text of the last user message (none: the caption)
         if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant", "developer"):
             raise InvalidInput("each message is {role: system, user or assistant, content}", code="invalid_messages")
         content = message.get("content")
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if message["role"] == "user":
+            question = ""
         if parts is None:
             continue
         if not isinstance(parts, list):
@@ -133,9 +164,11 @@ def image_bytes(image_url) -> bytes:
 
 
 def wants_description(question: str) -> bool:
-    """Whether a question asks for the image's description (or there is none)."""
-    asked = question.strip().lower().rstrip("?.! ")
-    return not asked or any(asked == phrase or asked.startswith(phrase + " ") for phrase in DESCRIBE)
+    """Whether a question asks for the image's description (or there is none): it says describe, description or
+    caption, or asks what is in the image, what it shows, or what you see."""
+    asked = " ".join(question.replace("\u2019", "'").lower().split()).rstrip("?.! ")
+    asked = re.sub(r"^(?:please |can you |could you |would you )+", "", asked)
+    return not asked or DESCRIBE.search(asked) is not None
 
 
 @bp.post("/images/generations")

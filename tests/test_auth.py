@@ -195,8 +195,22 @@ def test_rate_limit_counts_each_accounts_requests(make_app):
     client = app.test_client(use_cookies=False)
     answers = [client.get("/history", headers={"X-API-Key": keys["ada"]}) for _ in range(4)]
     assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
-    assert answers[-1].json["code"] == "rate_limited" and 0 < int(answers[-1].headers["Retry-After"]) <= 60
+    assert answers[-1].json["code"] == "rate_limited" and 0 < int(answers[-1].headers["Retry-After"]) <= 61
+    assert client.get("/keys", headers={"X-API-Key": keys["ada"]}).status_code == 429  # one count for every route
+    assert "Retry-After" not in answers[0].headers  # only on the refusal
     assert client.get("/history", headers={"X-API-Key": keys["grace"]}).status_code == 200  # another account
+
+
+def test_guesses_sent_at_the_same_time_are_counted_as_they_come(auth_app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guess(number):
+        return auth_app.test_client().post("/login", json={"username": "grace",
+                                                           "password": f"guess number {number:04}"}).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(guess, range(24)))
+    assert answers.count(401) == 5 and answers.count(429) == 19  # five passwords checked, no more
 
 
 def test_failed_sign_ins_are_throttled_per_name_and_per_address_alike(auth_app):

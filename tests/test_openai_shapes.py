@@ -55,3 +55,46 @@ def test_with_auth_off_any_key_or_none_is_taken(make_app):
 def test_unknown_routes_under_v1_answer_in_openais_shape(make_app):
     response = make_app().test_client().get("/v1/embeddings")
     assert response.status_code == 404 and response.json["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("question, caption", [
+    ("", True), ("Describe this image.", True), ("Can you describe this image?", True), ("Give me a caption", True),
+    ("what\u2019s in the image?", True), ("What is in the picture?", True), ("what is this?", True),
+    ("what does this picture show?", True), ("what color is the car?", False), ("what is the man holding?", False),
+])
+def test_a_description_is_asked_in_many_words(question, caption):
+    from openai_api import wants_description
+
+    assert wants_description(question) is caption
+
+
+def test_the_question_is_the_text_of_the_last_user_message(make_app):
+    client = make_app().test_client()
+    first = {"role": "user", "content": [{"type": "text", "text": "what color is the car?"},
+                                         {"type": "image_url", "image_url": {"url": PNG}}]}
+    image_only = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG}}]}
+    answered = chat(client, [first, {"role": "assistant", "content": "red"}, image_only])
+    assert answered.json["choices"][0]["message"]["content"] == "a fake caption"  # not an answer to the old question
+
+
+def test_with_auth_off_the_key_stands_for_the_session(make_app):
+    app = make_app(AUTH="off")
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG}}]}]
+    for _ in range(2):  # a client that keeps no cookies
+        app.test_client(use_cookies=False).post("/v1/chat/completions", headers={"Authorization": "Bearer sk-x"},
+                                                json={"model": "image-assistant", "messages": messages})
+    assert len(list(app.extensions["history"].all_records())) == 1
+
+
+def test_a_model_is_retrieved_by_its_id(make_app):
+    client = make_app().test_client()
+    assert client.get("/v1/models/image-assistant").json["id"] == "image-assistant"
+    assert client.get("/v1/models/gpt-4o").status_code == 404
+
+
+def test_an_image_near_the_upload_limit_fits_in_base64(make_app):
+    app = make_app()
+    near = b"\x89PNG\r\n\x1a\n" + b"\0" * (app.config["MAX_IMAGE_BYTES"] - 1024 * 1024)  # 15 MB, not an image
+    url = "data:image/png;base64," + base64.b64encode(near).decode()
+    response = chat(app.test_client(), [{"role": "user", "content": [{"type": "image_url", "image_url": url}]}])
+    assert response.status_code == 400 and response.json["error"]["code"] != "file_too_large"
