@@ -14,6 +14,7 @@ import time
 import click
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import guards
 import images
@@ -66,6 +67,10 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
     app.config["TRUSTED_HOSTS"] = None
     app.secret_key = app.config["SECRET_KEY"] or instance_secret_key(app.instance_path)
     app.json.sort_keys = False
+    if app.config["TRUSTED_PROXIES"]:
+        # The client's address, for the limits per address, from the X-Forwarded-For of that many proxies
+        # (werkzeug's ProxyFix); a client's own X-Forwarded-For is never taken without them.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=app.config["TRUSTED_PROXIES"])
     register_errors(app)
     guards.register_guards(app)
     register_routes(app)

@@ -159,6 +159,8 @@ def main() -> int:
         with open(os.path.join(run_folder, "nginx.conf"), "w", encoding="utf-8") as file:
             file.write(nginx_config(run_folder, public, inner, max_body))
         log.info("nginx listens on %s and buffers requests for gunicorn on %s", public, inner)
+        # One more proxy in front of the app, this nginx: the clients' addresses come from its X-Forwarded-For.
+        os.environ["TRUSTED_PROXIES"] = str(config["TRUSTED_PROXIES"] + 1)
         return run([[gunicorn, "--bind", inner, *GUNICORN_OPTIONS, *gunicorn_limits(True), "app:app"],
                     [nginx, "-e", "stderr", "-p", run_folder, "-c", os.path.join(run_folder, "nginx.conf")]])
     finally:

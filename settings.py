@@ -50,6 +50,7 @@ DEFAULTS = {
     "RATE_LIMIT": "120/minute",
     "RATE_LIMIT_STORAGE": "memory://",
     "SESSION_COOKIE_SECURE": False,
+    "TRUSTED_PROXIES": 0,
 }
 
 # Settings that are gone, and what to set instead.
@@ -107,6 +108,8 @@ def from_environment(environ) -> dict:
         except ValueError:
             raise SettingError(f"RATE_LIMIT={found['RATE_LIMIT']!r}: use a rate such as 120/minute or "
                                "10/second;500/hour") from None
+    if found.get("TRUSTED_PROXIES", 0) < 0:
+        raise SettingError(f"TRUSTED_PROXIES={found['TRUSTED_PROXIES']}: use the number of proxies in front, 0 or more")
     if found.get("GENERATIONS_PER_DAY", 0) < 0:
         raise SettingError(f"GENERATIONS_PER_DAY={found['GENERATIONS_PER_DAY']}: use 0 (no limit) or more")
     return found

@@ -269,3 +269,17 @@ def test_session_cookie_secure_marks_the_cookie(make_app):
                                       base_url="https://localhost")
     cookie = response.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_behind_trusted_proxies_each_client_is_counted_by_its_own_address(make_app):
+    for proxies, apart in ((1, True), (0, False)):
+        app = make_app(AUTH="on", TRUSTED_PROXIES=proxies)
+        app.extensions["accounts"].create_user(f"ada{proxies}", PASSWORD)
+        client = app.test_client()
+        for number in range(5):
+            client.post("/login", json={"username": f"name{number}", "password": "wrong password!"},
+                        headers={"X-Forwarded-For": "203.0.113.7"})
+        other = client.post("/login", json={"username": f"ada{proxies}", "password": PASSWORD},
+                            headers={"X-Forwarded-For": "198.51.100.9"})
+        # Behind a proxy, another client is not locked out; without one, a forged header changes nothing.
+        assert other.status_code == (200 if apart else 429)
