@@ -175,9 +175,10 @@ class History:
                 if isinstance(record, dict) and isinstance(record.get("filename"), str)}
 
     def all_records(self) -> Iterator[tuple[str, dict]]:
-        """Every well-formed record as (kind, record), oldest first."""
+        """Every well-formed record as (kind, record), oldest first: images, generations, then accounts, their API
+        keys and sign-in sessions."""
         data = self._read()
-        for kind in KINDS:
+        for kind in KINDS + ACCOUNT_KINDS:
             for record in data[kind].values():
                 yield kind, copy.deepcopy(record)
 
@@ -188,6 +189,10 @@ class History:
         def put(data):
             for kind, record in records:
                 key = record[KINDS_ID[kind]]
+                if kind == "users" and any(user["name"] == record["name"] and user_id != key
+                                           for user_id, user in data["users"].items()):
+                    raise AccountExists(f"an account named '{record['name']}' but with another id is in DEST "
+                                        "already: rename or delete one of them, then copy again")
                 counts["replaced" if key in data[kind] else "new"] += 1
                 data[kind][key] = record
 

@@ -21,7 +21,8 @@ history = AppGroup("history", help="The history's stores: a JSON file, SQLite or
 @click.argument("source", required=False)
 @click.argument("dest", required=False)
 def copy(source: str | None, dest: str | None) -> None:
-    """Copy every record (images with their threads, generations, owners, times) from SOURCE to DEST.
+    """Copy every record (images with their threads, generations, owners, times; accounts, their API keys and
+    sign-in sessions) from SOURCE to DEST.
 
     Each is a history.json path or a database URL; they default to HISTORY_FILE and DATABASE_URL.
     A record DEST already holds is replaced by SOURCE's, so running it again changes nothing.
@@ -41,7 +42,6 @@ def copy(source: str | None, dest: str | None) -> None:
         raise click.ClickException(str(error)) from None
     tally = Tally()
     try:
-        accounts = len(reading.users())
         counts = writing.merge(tally.count(reading.all_records()))
     except AppError as error:  # a database that stopped answering, a full or read-only disk
         raise click.ClickException(f"{error.message} (nothing more was copied)") from None
@@ -49,14 +49,10 @@ def copy(source: str | None, dest: str | None) -> None:
         reading.close()
         writing.close()
     click.echo(f"copied {tally.kinds['images']} images (with {tally.questions} questions) and "
-               f"{tally.kinds['generations']} generations from {described(source)} to {described(dest)}: "
-               f"{counts['new']} new, {counts['replaced']} already there (replaced)")
-    if accounts:
-        # Not copied yet: in DEST the records of SOURCE's accounts belong to no account, so `users claim` there
-        # would give them all to one account.
-        click.echo(f"warning: SOURCE's {accounts} accounts, their API keys and sessions are not copied (their "
-                   "records are, with their owners): DEST has no account to sign in to them yet, and `users claim` "
-                   "on DEST would give those records to one account", err=True)
+               f"{tally.kinds['generations']} generations, {tally.kinds['users']} accounts with "
+               f"{tally.kinds['api_keys']} API keys and {tally.kinds['sessions']} sign-in sessions, from "
+               f"{described(source)} to {described(dest)}: {counts['new']} new, {counts['replaced']} already there "
+               "(replaced)")
     missing = tally.missing_files(config["UPLOAD_FOLDER"], config["GENERATED_FOLDER"])
     if missing:
         click.echo(f"warning: {missing} records point to files that are not in UPLOAD_FOLDER or GENERATED_FOLDER "
@@ -67,7 +63,7 @@ class Tally:
     """Counts the records on their way through, and remembers their files."""
 
     def __init__(self):
-        self.kinds = {"images": 0, "generations": 0}
+        self.kinds = {"images": 0, "generations": 0, "users": 0, "api_keys": 0, "sessions": 0}
         self.questions = 0
         self.files: list[tuple[str, str]] = []
 
@@ -75,7 +71,8 @@ class Tally:
         for kind, record in records:
             self.kinds[kind] += 1
             self.questions += len(record.get("questions", []))
-            self.files.append((kind, record["filename"]))
+            if "filename" in record:  # images and generations; accounts have no file
+                self.files.append((kind, record["filename"]))
             yield kind, record
 
     def missing_files(self, upload_folder: str, generated_folder: str) -> int:

@@ -120,6 +120,8 @@ FIELDS = {
 }
 QUESTION_FIELDS = ("question", "answer", "asked_at", "owner")
 # The account rows' fields as the stores hand them out (the id column is the database's own).
+ACCOUNT_TABLES = {"users": users, "api_keys": api_keys, "sessions": sessions}
+ACCOUNT_KEYS = {"users": "user_id", "api_keys": "key_id", "sessions": "session_hash"}
 ACCOUNT_FIELDS = {
     users: ("user_id", "name", "role", "password_hash", "created_at", "password_changed_at"),
     api_keys: ("key_id", "user_id", "label", "prefix", "key_hash", "created_at", "last_used_at"),
@@ -343,6 +345,10 @@ class SqlHistory:
                     break
                 last = rows[-1]["id"]
                 yield from ((kind, one) for one in found)
+        for kind, table in ACCOUNT_TABLES.items():  # few rows: accounts, their keys and sessions
+            with self._connection() as db:
+                rows = db.execute(sa.select(table).order_by(table.c.id)).mappings().all()
+            yield from ((kind, account_record(table, row_)) for row_ in rows)
 
     def merge(self, records: Iterable[tuple[str, dict]]) -> dict:
         """Put records in, replacing those with the same id; count them as {"new": n, "replaced": n}."""
@@ -375,6 +381,22 @@ class SqlHistory:
                     entries = [question_row(key, entry) for key, one in given.items() for entry in one["questions"]]
                     if entries:
                         db.execute(questions.insert(), entries)
+                counts["new"] += len(given) - len(there)
+                counts["replaced"] += len(there)
+            for kind, table in ACCOUNT_TABLES.items():
+                key = table.c[ACCOUNT_KEYS[kind]]
+                given = {one[ACCOUNT_KEYS[kind]]: one for kind_, one in batch if kind_ == kind}
+                if not given:
+                    continue
+                there = set(db.execute(sa.select(key).where(key.in_(given))).scalars())
+                if there:
+                    db.execute(table.delete().where(key.in_(there)))
+                try:
+                    with db.begin_nested():
+                        db.execute(table.insert(), [account_row(table, one) for one in given.values()])
+                except sa.exc.IntegrityError:
+                    raise AccountExists("an account of the same name but with another id is in DEST already: "
+                                        "rename or delete one of them, then copy again") from None
                 counts["new"] += len(given) - len(there)
                 counts["replaced"] += len(there)
 

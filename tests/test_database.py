@@ -237,10 +237,22 @@ def test_the_flask_command_copies_without_loading_a_model(tmp_path, database_url
     assert not (tmp_path / "uploads").exists()
 
 
-def test_history_copy_says_that_accounts_are_not_copied(make_app, database_url):
-    app = make_app()
+def test_history_copy_moves_accounts_keys_and_sessions_too(make_app, database_url, tmp_path):
+    app = make_app(AUTH="on")
+    identity = app.extensions["accounts"]
+    ada = identity.create_user("ada", "correct horse battery staple")
+    _, key = identity.create_key(ada["user_id"], "laptop")
+    token = identity.start_session(ada["user_id"])
     runner = app.test_cli_runner()
-    runner.invoke(args=["users", "create", "ada"], input="correct horse battery staple\n")
     done = runner.invoke(args=["history", "copy", app.config["HISTORY_FILE"], database_url])
     assert done.exit_code == 0, done.output
-    assert "1 accounts, their API keys and sessions are not copied" in done.output
+    assert "1 accounts with 1 API keys and 1 sign-in sessions" in done.output
+    moved = make_app(AUTH="on", DATABASE_URL=database_url)
+    assert moved.extensions["accounts"].user_for_key(key)["name"] == "ada"
+    assert moved.extensions["accounts"].user_for_session(token)["name"] == "ada"
+    again = runner.invoke(args=["history", "copy", app.config["HISTORY_FILE"], database_url])
+    assert again.exit_code == 0 and ": 0 new, 3 already there" in again.output
+    other = History(str(tmp_path / "other.json"))
+    other.add_user({**identity.named("ada"), "user_id": "another-id"})
+    clash = runner.invoke(args=["history", "copy", str(tmp_path / "other.json"), database_url])
+    assert clash.exit_code != 0 and "an account of the same name but with another id" in clash.output
