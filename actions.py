@@ -6,6 +6,7 @@ how to tell that the caller has gone (gave_up), which only the web layer knows.
 """
 
 import hashlib
+import io
 import math
 import os
 import time
@@ -94,10 +95,13 @@ def sent_digest(stream) -> str:
     return digest
 
 
-def image_sent_before(data: bytes) -> dict | None:
-    """The caller's image whose bytes as sent were these (a chat client sends the whole conversation each turn),
-    or None."""
-    return service("history").image_with_content(owner(), hashlib.sha256(data).hexdigest())
+def image_for_chat(data: bytes, gave_up: Callable[[], bool] = bool) -> dict:
+    """The caller's image with these bytes: the one kept before when they were sent before (a chat client sends
+    the whole conversation at every turn), else kept now; once, even when requests bring it at the same time."""
+    digest = hashlib.sha256(data).hexdigest()
+    with service("keyed_locks").holding((owner(), digest)):
+        return (service("history").image_with_content(owner(), digest)
+                or keep_image(io.BytesIO(data), None, None, gave_up)[0])
 
 
 def decode(stream) -> tuple[images.Encoded, object]:

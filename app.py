@@ -106,6 +106,7 @@ def start_services(app: Flask, captioner, answerer, hf_client) -> None:
         batch_wait=app.config["BATCH_WAIT_MS"] / 1000, max_queue=app.config["MAX_QUEUE"],
         max_background=app.config["MAX_BACKGROUND"], timeout=app.config["MODEL_TIMEOUT"])
     app.extensions["decoding"] = threading.BoundedSemaphore(app.config["MAX_DECODES"])
+    app.extensions["keyed_locks"] = storage.KeyedLocks()  # an image a chat sends at once in several requests
     # An empty history keeps every stored file: it may be a new store the old one was not copied to yet.
     storage.sweep(app.config["UPLOAD_FOLDER"], [app.config["UPLOAD_FOLDER"], app.config["GENERATED_FOLDER"]],
                   history.filenames() or None)

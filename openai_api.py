@@ -9,7 +9,6 @@ OpenAI's shape too (guards.error_response), so that the SDKs raise their own exc
 import base64
 import binascii
 import hashlib
-import io
 import json
 import re
 import time
@@ -82,7 +81,7 @@ def chat_completions():
     image, question = read_chat(body.get("messages"))
     # Chat clients send the whole conversation at every turn: an image sent before is kept once, and its
     # question context, cached since, makes a later turn cost what a /question does.
-    record = actions.image_sent_before(image) or actions.keep_image(io.BytesIO(image), None, None, client_gone)[0]
+    record = actions.image_for_chat(image, client_gone)
     if wants_description(question):
         content = record["caption"]
     else:

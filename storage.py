@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 import pwd
 import re
 import stat
@@ -125,6 +126,30 @@ def remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class KeyedLocks:
+    """One lock per key, made while someone holds or waits for it: work that must not run twice at once for the
+    same key (in this process) runs once, and work for other keys is not held up."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict = {}  # key -> [lock, how many hold or wait for it]
+
+    @contextmanager
+    def holding(self, key):
+        """Hold the key's lock for the block."""
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
 
 
 @contextmanager

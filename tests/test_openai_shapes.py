@@ -98,3 +98,20 @@ def test_an_image_near_the_upload_limit_fits_in_base64(make_app):
     url = "data:image/png;base64," + base64.b64encode(near).decode()
     response = chat(app.test_client(), [{"role": "user", "content": [{"type": "image_url", "image_url": url}]}])
     assert response.status_code == 400 and response.json["error"]["code"] != "file_too_large"
+
+
+def test_an_image_sent_in_several_requests_at_once_is_kept_once(make_app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = make_app()
+    picture = "data:image/png;base64," + base64.b64encode(image_bytes(size=(41, 37))).decode()
+    body = {"model": "image-assistant", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": picture}}]}]}
+
+    def send(_):
+        return app.test_client(use_cookies=False).post("/v1/chat/completions", json=body,
+                                                       headers={"Authorization": "Bearer sk-same"}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(send, range(6))) == [200] * 6
+    assert len(list(app.extensions["history"].all_records())) == 1
