@@ -19,13 +19,14 @@ import re
 import secrets
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Callable
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from errors import AppError, InvalidInput, NotFound
 from field_checks import NOT_TEXT
+from history import iso_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ NAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 TOUCH_EVERY = 60.0  # seconds: a key's last_used_at is written at most this often, not at every request
 # A hash to check an unknown name's password against, so that a refusal takes as long whether the name exists or not.
 UNKNOWN_USER_HASH = generate_password_hash(secrets.token_urlsafe(16), method="scrypt")
-
-
-def now_iso(clock: Callable[[], float] = time.time) -> str:
-    """The clock's time as ISO 8601 in UTC with milliseconds, as the history writes it."""
-    return datetime.fromtimestamp(clock(), timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def account_name(name: str) -> str:
@@ -102,7 +98,7 @@ class Accounts:
             raise InvalidInput(f"a role is one of {', '.join(ROLES)}", code="invalid_role")
         name = account_name(name)
         check_new_password(password)
-        created_at = now_iso(self.clock)
+        created_at = iso_time(self.clock())
         user = {"user_id": uuid.uuid4().hex, "name": name, "role": role,
                 "password_hash": generate_password_hash(password, method="scrypt"), "created_at": created_at,
                 "password_changed_at": created_at}
@@ -126,7 +122,7 @@ class Accounts:
         check_new_password(password)
         user = self.named(name)
         if not self.store.set_password(user["user_id"], generate_password_hash(password, method="scrypt"),
-                                       now_iso(self.clock)):
+                                       iso_time(self.clock())):
             raise NotFound(f"no account named '{name}'", code="account_not_found")  # removed meanwhile
 
     def delete_user(self, name: str) -> dict:
@@ -156,7 +152,7 @@ class Accounts:
         """A new API key for an account: its public record and the key itself, which is shown this once."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         record = {"key_id": uuid.uuid4().hex[:16], "user_id": user_id, "label": label,
-                  "prefix": key[:SHOWN_KEY_CHARACTERS], "key_hash": hashed(key), "created_at": now_iso(self.clock),
+                  "prefix": key[:SHOWN_KEY_CHARACTERS], "key_hash": hashed(key), "created_at": iso_time(self.clock()),
                   "last_used_at": None}
         self.store.add_key(record)
         return public_key(record), key
@@ -197,7 +193,7 @@ class Accounts:
         if moment - self._touched.get(key_id, float("-inf")) >= TOUCH_EVERY:
             self._touched[key_id] = moment
             try:
-                self.store.touch_key(key_id, now_iso(self.clock))
+                self.store.touch_key(key_id, iso_time(self.clock()))
             except AppError as error:  # a read-only or full store: the request goes on, last_used_at waits
                 log.warning("could not note the use of API key %s (%s)", key_id, error.code)
 
@@ -206,7 +202,7 @@ class Accounts:
     def start_session(self, user_id: str) -> str:
         """A new sign-in session's token (for the cookie); the store keeps only its hash."""
         token = secrets.token_urlsafe(32)
-        self.store.add_session({"session_hash": hashed(token), "user_id": user_id, "created_at": now_iso(self.clock)})
+        self.store.add_session({"session_hash": hashed(token), "user_id": user_id, "created_at": iso_time(self.clock())})
         return token
 
     def end_session(self, token: str) -> None:
@@ -221,8 +217,7 @@ class Accounts:
         record = self.store.session_hashed(digest)
         if record is None or not hmac.compare_digest(record["session_hash"], digest):
             return None
-        started = datetime.fromisoformat(record["created_at"].replace("Z", "+00:00"))
-        if datetime.fromtimestamp(self.clock(), timezone.utc) - started > self.session_lifetime:
+        if self.clock() - parse_time(record["created_at"]) > self.session_lifetime.total_seconds():
             self.store.delete_session(digest)
             return None
         return self.still_valid(record)

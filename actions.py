@@ -11,7 +11,6 @@ import math
 import os
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Callable
 
 from flask import current_app, session, url_for
@@ -21,7 +20,7 @@ import field_checks
 import images
 import storage
 from errors import AppError, InvalidInput, NotFound, NotOwner, QuotaExceeded
-from history import not_found
+from history import iso_time, not_found, parse_time
 
 MAX_QUESTION = 500
 MAX_PROMPT = 200
@@ -69,11 +68,12 @@ def upload(files, form, gave_up: Callable[[], bool] = bool) -> tuple[dict, image
 
 
 def keep_image(stream, original_name: str | None, prompt: str | None = None,
-               gave_up: Callable[[], bool] = bool) -> tuple[dict, images.Encoded]:
-    """Validate an image file (a binary stream), caption it (continuing prompt, if any), keep it with its record."""
+               gave_up: Callable[[], bool] = bool, content_sha256: str | None = None) -> tuple[dict, images.Encoded]:
+    """Validate an image file (a binary stream), caption it (continuing prompt, if any), keep it with its record;
+    content_sha256 is the file's SHA-256 when the caller has it already."""
     service("models").check_caption(prompt)
     storage.check_writable(current_app.config["UPLOAD_FOLDER"], "UPLOAD_FOLDER")
-    content_sha256 = sent_digest(stream)
+    content_sha256 = content_sha256 or sent_digest(stream)
     stored, model_input = decode(stream)
     caption = service("models").caption(model_input, prompt, gave_up)
     image_id = str(uuid.uuid4())
@@ -98,10 +98,10 @@ def sent_digest(stream) -> str:
 def image_for_chat(data: bytes, gave_up: Callable[[], bool] = bool) -> dict:
     """The caller's image with these bytes: the one kept before when they were sent before (a chat client sends
     the whole conversation at every turn), else kept now; once, even when requests bring it at the same time."""
-    digest = hashlib.sha256(data).hexdigest()
-    with service("keyed_locks").holding((owner(), digest)):
-        return (service("history").image_with_content(owner(), digest)
-                or keep_image(io.BytesIO(data), None, None, gave_up)[0])
+    digest, caller = hashlib.sha256(data).hexdigest(), owner()
+    with service("keyed_locks").holding((caller, digest)):
+        return (service("history").image_with_content(caller, digest)
+                or keep_image(io.BytesIO(data), None, None, gave_up, content_sha256=digest)[0])
 
 
 def decode(stream) -> tuple[images.Encoded, object]:
@@ -278,16 +278,6 @@ def check_quota(count: int, clock: Callable[[], float] = time.time) -> None:
     raise QuotaExceeded(f"this account has made {made} of its {limit} generations in the last 24 hours: "
                         f"{max(0, limit - made)} left, so {count} can be made in {wait} s "
                         f"(at {iso_time(moment + wait)})", headers={"Retry-After": str(wait)})
-
-
-def iso_time(seconds: float) -> str:
-    """A time in seconds since the epoch as the history writes times: ISO 8601 in UTC, milliseconds."""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: str) -> float:
-    """A time the history wrote, in seconds since the epoch."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def readable(kind: str, key: str) -> dict:

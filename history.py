@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from errors import AccountExists, AppError, NotFound, NotOwner, StorageUnreadable
@@ -436,6 +437,17 @@ class History:
         if self._unreadable is not None:
             self._move_aside("corrupt")
             self._cache = (None, empty(), empty())
+
+
+def iso_time(seconds: float) -> str:
+    """A time in seconds since the epoch as the history writes times: ISO 8601 in UTC, milliseconds, so that
+    text order is time order."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> float:
+    """A time the history wrote, in seconds since the epoch."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def not_found(kind: str, key: str) -> NotFound:
