@@ -18,6 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import guards
 import images
+import jobs
 import settings
 import storage
 from accounts import Accounts
@@ -26,6 +27,7 @@ from errors import AppError, SettingError
 from hf_client import HFClient
 from keys import read_keys
 import accounts_cli
+import captions_cli
 import history_cli
 from history import open_store
 from model_service import ModelService
@@ -52,7 +54,8 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
     app.config.from_mapping(settings.from_environment(os.environ))
     app.config.from_mapping(config or {})
     app.config["ROOT"] = app.root_path  # relative paths in the settings are taken from here
-    for folder in ("UPLOAD_FOLDER", "GENERATED_FOLDER", "HISTORY_FILE"):
+    app.config["JOBS_FOLDER"] = app.config["JOBS_FOLDER"] or os.path.join(app.config["UPLOAD_FOLDER"], "jobs")
+    for folder in ("UPLOAD_FOLDER", "GENERATED_FOLDER", "HISTORY_FILE", "JOBS_FOLDER"):
         app.config[folder] = os.path.join(app.root_path, app.config[folder])
     if app.config["HF_API_KEYS_FILE"]:
         app.config["HF_API_KEYS_FILE"] = os.path.join(app.root_path, os.path.expanduser(app.config["HF_API_KEYS_FILE"]))
@@ -77,6 +80,7 @@ def create_app(config=None, *, captioner=None, answerer=None, hf_client=None, se
     app.cli.add_command(history_cli.history)
     app.cli.add_command(accounts_cli.users)
     app.cli.add_command(accounts_cli.keys)
+    app.cli.add_command(captions_cli.caption)
     if services:
         start_services(app, captioner, answerer, hf_client)
     return app
@@ -110,6 +114,10 @@ def start_services(app: Flask, captioner, answerer, hf_client) -> None:
     # An empty history keeps every stored file: it may be a new store the old one was not copied to yet.
     storage.sweep(app.config["UPLOAD_FOLDER"], [app.config["UPLOAD_FOLDER"], app.config["GENERATED_FOLDER"]],
                   history.filenames() or None)
+    jobs.sweep_staged(app.config["JOBS_FOLDER"], history)
+    app.extensions["job_runner"] = jobs.JobRunner(app)
+    if app.config["JOB_WORKER"]:
+        app.extensions["job_runner"].start()
 
 
 def load_models(config, need_captioner: bool, need_answerer: bool):
@@ -219,11 +227,13 @@ def register_routes(app: Flask) -> None:
     import api
     import pages
 
+    import jobs_api
     import openai_api
 
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(openai_api.bp)
+    app.register_blueprint(jobs_api.bp)
     if app.config["AUTH_ON"]:
         import account_views
 

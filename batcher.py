@@ -1,10 +1,12 @@
 """Batcher: one worker thread that runs model work in batches, as LitServe, Ray Serve and Triton do.
 
 Jobs of one group (same model, same prompt or question length) queued together run as one batch of
-at most max_batch. Interactive jobs run first, oldest first; background jobs run one at a time,
-newest first, and only after the queue has been idle a while, so they rarely hold up a person.
-Both queues are bounded: a person's job past the bound is refused, a background job past it pushes
-out the oldest one. A job whose caller gave up is dropped before it runs.
+at most max_batch. Interactive jobs (a person's request) run first, oldest first. Only after no person's
+job has run for background_idle seconds do the others run: background jobs (an upload's question context)
+one at a time, newest first, then bulk jobs (a batch job's captions) in batches, oldest first. So a running
+batch job holds up a person by one batch at most. A person's job past max_queue is refused, a background
+job past max_background pushes out the oldest one; bulk jobs are bounded by their one submitter (the job
+runner keeps two batches queued at most). A job whose caller gave up is dropped before it runs.
 """
 
 import atexit
@@ -31,7 +33,7 @@ class Job:
     group: Hashable
     payload: object
     queued_at: float
-    background: bool
+    kind: str  # interactive, background or bulk
     future: Future = field(default_factory=Future)
 
 
@@ -47,6 +49,7 @@ class Batcher:
         self.batch_seconds = 1.0  # a running average, for telling a refused caller when to return
         self._interactive: deque[Job] = deque()
         self._background: deque[Job] = deque()
+        self._bulk: deque[Job] = deque()
         self._last_interactive = clock()
         self._closed = False
         self._changed = threading.Condition()
@@ -59,23 +62,26 @@ class Batcher:
         """Stop: queued jobs are cancelled, the running batch finishes."""
         with self._changed:
             self._closed = True
-            for job in (*self._interactive, *self._background):
+            for job in (*self._interactive, *self._background, *self._bulk):
                 job.future.cancel()
-            self._interactive.clear()
-            self._background.clear()
+            for queue in (self._interactive, self._background, self._bulk):
+                queue.clear()
             self._changed.notify_all()
         self._thread.join(timeout)
 
-    def submit(self, run: Callable[[list], list], group: Hashable, payload, *, background: bool = False) -> Future:
-        """Queue one job; its future gets the job's own result.
+    def submit(self, run: Callable[[list], list], group: Hashable, payload, *, background: bool = False,
+               bulk: bool = False) -> Future:
+        """Queue one job (a person's, or background, or bulk); its future gets the job's own result.
 
         QueueFull if a person's queue is full; a full background queue cancels its oldest job instead.
         """
-        job = Job(run, group, payload, self.clock(), background)
+        job = Job(run, group, payload, self.clock(), "background" if background else "bulk" if bulk else "interactive")
         with self._changed:
             if self._closed:
                 raise QueueFull()
-            if background:
+            if bulk:
+                self._bulk.append(job)
+            elif background:
                 self._background.append(job)
                 while len(self._background) > self.max_background:
                     self._background.popleft().future.cancel()
@@ -99,6 +105,11 @@ class Batcher:
         with self._changed:
             return len(self._background)
 
+    def waiting_in_bulk(self) -> int:
+        """How many bulk jobs are queued."""
+        with self._changed:
+            return len(self._bulk)
+
     def retry_after(self) -> int:
         """Seconds a refused caller should wait: the queue's batches at the average batch time."""
         batches = self.waiting() / self.max_batch + 1
@@ -120,7 +131,7 @@ class Batcher:
                 job.future.set_result(result)
             with self._changed:
                 self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (self.clock() - started)
-                if not batch[0].background:
+                if batch[0].kind == "interactive":
                     # Idle time counts from the end of a person's work, when their next request may follow.
                     self._last_interactive = self.clock()
 
@@ -144,18 +155,27 @@ class Batcher:
                     if started:
                         return started
                     continue
-                if self._background:
+                if self._background or self._bulk:
                     idle = self._last_interactive + self.background_idle - self.clock()
-                    if idle <= 0:
+                    if idle > 0:
+                        self._changed.wait(idle)
+                        continue
+                    if self._background:
                         job = self._background.pop()  # newest first: the image a person is most likely to ask about
                         if job.future.set_running_or_notify_cancel():
                             return [job]
                         continue
-                    self._changed.wait(idle)
+                    first = self._bulk[0]
+                    batch = [job for job in self._bulk if job.group == first.group][: self.max_batch]
+                    for job in batch:
+                        self._bulk.remove(job)
+                    started = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                    if started:
+                        return started
                     continue
                 self._changed.wait()
 
     def _drop_cancelled(self) -> None:
-        for queue in (self._interactive, self._background):
+        for queue in (self._interactive, self._background, self._bulk):
             for job in [job for job in queue if job.future.cancelled()]:
                 queue.remove(job)

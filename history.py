@@ -20,12 +20,14 @@ from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from errors import AccountExists, AppError, NotFound, NotOwner, StorageUnreadable
+from history_jobs import JobsInFile, is_job
 from storage import check_readable, check_writable, faults_told, replace_file
 
 log = logging.getLogger(__name__)
 
 KINDS = ("images", "generations")
 ACCOUNT_KINDS = ("users", "api_keys", "sessions")  # absent from files written before accounts: empty then
+JOB_KINDS = ("jobs",)  # absent from files written before batch jobs: empty then (history_jobs)
 KINDS_ID = {"images": "image_id", "generations": "generation_id", "users": "user_id", "api_keys": "key_id",
             "sessions": "session_hash"}
 SETTING = "HISTORY_FILE's folder"
@@ -48,7 +50,7 @@ UNREADABLE = (ValueError, UnicodeDecodeError, RecursionError)  # RecursionError:
 
 def empty() -> dict:
     """A history with nothing in it."""
-    return {kind: {} for kind in KINDS + ACCOUNT_KINDS}
+    return {kind: {} for kind in KINDS + ACCOUNT_KINDS + JOB_KINDS}
 
 
 def file_stamp(stat: os.stat_result) -> tuple:
@@ -58,6 +60,8 @@ def file_stamp(stat: os.stat_result) -> tuple:
 
 def is_record(kind: str, key: str, record) -> bool:
     """Whether a record has every field the app reads, of the right type, under its own id."""
+    if kind == "jobs":
+        return is_job(record) and record["job_id"] == key
     if not isinstance(record, dict):
         return False
     fields_ok = all(isinstance(record.get(name), kind_) for name, kind_ in REQUIRED[kind].items()) and all(
@@ -76,17 +80,17 @@ def is_record(kind: str, key: str, record) -> bool:
 def split_records(raw) -> tuple[dict, dict]:
     """The parsed file's well-formed records, and its malformed ones; ValueError if it is no history at all."""
     if not isinstance(raw, dict) or not all(isinstance(raw.get(kind), dict) for kind in KINDS) or not all(
-            isinstance(raw.get(kind, {}), dict) for kind in ACCOUNT_KINDS):
+            isinstance(raw.get(kind, {}), dict) for kind in ACCOUNT_KINDS + JOB_KINDS):
         raise ValueError("not a history object")
     valid, malformed = empty(), empty()
-    for kind in KINDS + ACCOUNT_KINDS:
+    for kind in KINDS + ACCOUNT_KINDS + JOB_KINDS:
         for key, record in raw.get(kind, {}).items():
             (valid if is_record(kind, key, record) else malformed)[kind][key] = record
     return valid, malformed
 
 
-class History:
-    """Images with their questions, and generations, keyed by id in insertion order."""
+class History(JobsInFile):
+    """Images with their questions, generations, accounts and batch jobs, keyed by id in insertion order."""
 
     def __init__(self, path: str):
         """Open the history at path; SettingError when the file exists but this process may not read it."""
@@ -140,9 +144,11 @@ class History:
         return self._change(remove)
 
     def clear(self, owner: str) -> list[dict]:
-        """Remove every record of the owner's (and the threads about their images); return them."""
+        """Remove every record of the owner's (the threads about their images, and their batch jobs too); return
+        the images and generations."""
 
         def remove(data):
+            data["jobs"] = {key: record for key, record in data["jobs"].items() if record["owner"] != owner}
             return [data[kind].pop(key) for kind in KINDS
                     for key in [key for key, record in data[kind].items() if record["owner"] == owner]]
 
@@ -361,7 +367,7 @@ class History:
             return data
         self._unreadable = None
         self._forbidden_said = False
-        counts = {kind: len(malformed[kind]) for kind in KINDS + ACCOUNT_KINDS if malformed[kind]}
+        counts = {kind: len(malformed[kind]) for kind in KINDS + ACCOUNT_KINDS + JOB_KINDS if malformed[kind]}
         if counts:
             log.warning("history file %s holds malformed records (%s): they are skipped and moved aside at the "
                         "next change", self.path, ", ".join(f"{n} {kind}" for kind, n in counts.items()))

@@ -20,6 +20,10 @@ import sqlalchemy as sa
 
 from errors import (AccountExists, AppError, DatabaseUnavailable, InsufficientStorage, NotFound, NotOwner,
                     SettingError, StorageReadOnly)
+from history_sql_jobs import JobsInDatabase
+from history_tables import (ACCOUNT_FIELDS, ACCOUNT_KEYS, ACCOUNT_TABLES, FIELDS, KEY_COLUMN, QUESTION_FIELDS, TABLES,
+                            api_keys, generations, images, job_items, jobs, key_states, metadata, questions, record,
+                            row, sessions, users)
 from storage import NOT_WRITABLE, check_readable, check_writable
 
 log = logging.getLogger(__name__)
@@ -29,104 +33,6 @@ SETTING = "DATABASE_URL"
 CHUNK = 1000  # records a statement or a transaction takes at most when copying
 MIGRATION_LOCK = 7_305_419_810  # the advisory lock PostgreSQL replicas take while one of them migrates
 
-# The tables as the latest migration leaves them (tests compare the two).
-metadata = sa.MetaData()
-images = sa.Table(
-    "images", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),  # insertion order, which breaks ties of created_at
-    sa.Column("image_id", sa.String, nullable=False, unique=True),
-    sa.Column("owner", sa.String, nullable=False),
-    sa.Column("filename", sa.String, nullable=False),
-    sa.Column("original_name", sa.String),
-    sa.Column("mime_type", sa.String, nullable=False),
-    sa.Column("prompt", sa.Text),
-    sa.Column("caption", sa.Text, nullable=False),
-    sa.Column("created_at", sa.String, nullable=False),  # ISO 8601 in UTC, so text order is time order
-    sa.Column("content_sha256", sa.String(64)),  # of the bytes as sent, for /v1's resent images; null before 0003
-    sa.Index("ix_images_owner_created_at", "owner", "created_at"),
-    sa.Index("ix_images_owner_content_sha256", "owner", "content_sha256"),
-)
-questions = sa.Table(
-    "questions", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("image_id", sa.String, sa.ForeignKey("images.image_id", ondelete="CASCADE"), nullable=False),
-    sa.Column("owner", sa.String),  # the session that asked; null in threads from before sessions were kept
-    sa.Column("question", sa.Text, nullable=False),
-    sa.Column("answer", sa.Text, nullable=False),
-    sa.Column("asked_at", sa.String, nullable=False),
-    sa.Index("ix_questions_image_id", "image_id"),
-)
-generations = sa.Table(
-    "generations", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("generation_id", sa.String, nullable=False, unique=True),
-    sa.Column("owner", sa.String, nullable=False),
-    sa.Column("filename", sa.String, nullable=False),
-    sa.Column("mime_type", sa.String, nullable=False),
-    sa.Column("description", sa.Text, nullable=False),
-    sa.Column("parameters", sa.JSON, nullable=False),
-    sa.Column("provider", sa.String),
-    sa.Column("created_at", sa.String, nullable=False),
-    sa.Index("ix_generations_owner_created_at", "owner", "created_at"),
-)
-key_states = sa.Table(
-    "key_states", metadata,
-    sa.Column("key_hash", sa.String(64), primary_key=True),  # SHA-256 of the key, never the key
-    sa.Column("state", sa.String, nullable=False),
-    sa.Column("until", sa.Float, nullable=False),
-    sa.Column("reason", sa.String, nullable=False),
-    sa.Column("rate_limits", sa.Integer, nullable=False),
-)
-# Accounts. No foreign keys to users: an account's keys and sessions are deleted with it in one
-# transaction, and its images and generations outlive it (their owner is its user_id, claimable again).
-users = sa.Table(
-    "users", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),  # insertion order, which breaks ties of created_at
-    sa.Column("user_id", sa.String, nullable=False, unique=True),
-    sa.Column("name", sa.String, nullable=False, unique=True),
-    sa.Column("role", sa.String, nullable=False),
-    sa.Column("password_hash", sa.String, nullable=False),
-    sa.Column("created_at", sa.String, nullable=False),
-    sa.Column("password_changed_at", sa.String, nullable=False),
-)
-api_keys = sa.Table(
-    "api_keys", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("key_id", sa.String, nullable=False, unique=True),
-    sa.Column("user_id", sa.String, nullable=False),
-    sa.Column("label", sa.String, nullable=False),
-    sa.Column("prefix", sa.String, nullable=False),  # the key's first characters, for people to tell keys apart
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 of the key, never the key
-    sa.Column("created_at", sa.String, nullable=False),
-    sa.Column("last_used_at", sa.String),
-    sa.Index("ix_api_keys_user_id", "user_id"),
-)
-sessions = sa.Table(
-    "sessions", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("session_hash", sa.String(64), nullable=False, unique=True),  # a hash of the cookie's token
-    sa.Column("user_id", sa.String, nullable=False),
-    sa.Column("created_at", sa.String, nullable=False),
-    sa.Index("ix_sessions_user_id", "user_id"),
-)
-
-TABLES = {"images": images, "generations": generations}
-KEY_COLUMN = {"images": images.c.image_id, "generations": generations.c.generation_id}
-FIELDS = {
-    "images": ("image_id", "owner", "filename", "original_name", "mime_type", "prompt", "caption", "created_at",
-               "content_sha256"),
-    "generations": ("generation_id", "owner", "filename", "mime_type", "description", "parameters", "provider",
-                    "created_at"),
-}
-QUESTION_FIELDS = ("question", "answer", "asked_at", "owner")
-# The account rows' fields as the stores hand them out (the id column is the database's own).
-ACCOUNT_TABLES = {"users": users, "api_keys": api_keys, "sessions": sessions}
-ACCOUNT_KEYS = {"users": "user_id", "api_keys": "key_id", "sessions": "session_hash"}
-ACCOUNT_FIELDS = {
-    users: ("user_id", "name", "role", "password_hash", "created_at", "password_changed_at"),
-    api_keys: ("key_id", "user_id", "label", "prefix", "key_hash", "created_at", "last_used_at"),
-    sessions: ("session_hash", "user_id", "created_at"),
-}
 
 
 class SchemaTooNew(SettingError):
@@ -228,7 +134,7 @@ def shown(url: sa.URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-class SqlHistory:
+class SqlHistory(JobsInDatabase):
     """The history's records in a database: the same methods as history.History."""
 
     def __init__(self, url: str, root: str = "."):
@@ -285,8 +191,12 @@ class SqlHistory:
             return record
 
     def clear(self, owner: str) -> list[dict]:
-        """Remove every record of the owner's (and the threads about their images); return them."""
+        """Remove every record of the owner's (the threads about their images, and their batch jobs too); return
+        the images and generations."""
         with self._transaction() as db:
+            owned_jobs = sa.select(jobs.c.job_id).where(jobs.c.owner == owner).scalar_subquery()
+            db.execute(job_items.delete().where(job_items.c.job_id.in_(owned_jobs)))
+            db.execute(jobs.delete().where(jobs.c.owner == owner))
             mine = [record("images", found) for found in db.execute(
                 sa.select(images).where(images.c.owner == owner).order_by(images.c.id)).mappings()]
             removed = with_threads(db, mine)
@@ -608,18 +518,8 @@ def not_found(kind: str, key: str) -> NotFound:
                     code=f"{noun}_not_found")
 
 
-def row(kind: str, record: dict) -> dict:
-    """A record's columns."""
-    return {name: record.get(name) for name in FIELDS[kind]}
 
 
-def record(kind: str, found) -> dict:
-    """A row as the record the JSON store keeps (an image's questions are added by with_threads); an image's
-    content_sha256, unknown for images kept before it was (null), is absent, as in the JSON store."""
-    kept = {name: found[name] for name in FIELDS[kind]}
-    if kind == "images" and kept["content_sha256"] is None:
-        del kept["content_sha256"]
-    return kept
 
 
 def account_columns(table: sa.Table) -> list[sa.Column]:

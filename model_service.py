@@ -94,6 +94,13 @@ class ModelService:
         self._check(self.captioner)
         return self._wait(self._submit(self._run_captions, ("caption", prompt), (model_input, prompt)), gave_up)
 
+    def caption_in_bulk(self, model_inputs: list, prompt: str | None = None) -> list[Future]:
+        """Captions of a batch job's images (their caption_input), one future each: batched together, run only when
+        no person's request has waited for a while (Batcher's bulk jobs)."""
+        self._check(self.captioner)
+        return [self.batcher.submit(self._run_captions, ("caption", prompt), (model_input, prompt), bulk=True)
+                for model_input in model_inputs]
+
     def answer(self, image_id: str, load: Callable[[], Image.Image], question: str,
                gave_up: Callable[[], bool] = bool) -> str:
         """An answer about a kept image (load() gives its pixels if its context is not cached)."""
@@ -119,6 +126,7 @@ class ModelService:
         """The queue and the cache, for /healthz."""
         return {"queued": self.batcher.waiting(), "queue_max": self.batcher.max_queue,
                 "background": self.batcher.waiting_in_background(), "background_max": self.batcher.max_background,
+                "bulk": self.batcher.waiting_in_bulk(),
                 "cached_images": len(self.cache),
                 "cache_mb": round(self.cache.bytes / 2**20, 1), "cache_max_mb": round(self.cache.max_bytes / 2**20)}
 

@@ -51,6 +51,12 @@ DEFAULTS = {
     "RATE_LIMIT_STORAGE": "memory://",
     "SESSION_COOKIE_SECURE": False,
     "TRUSTED_PROXIES": 0,
+    "JOBS_FOLDER": "",  # empty: UPLOAD_FOLDER/jobs
+    "JOB_MAX_FILES": 10_000,
+    "JOB_MAX_MB": 2048,
+    "JOBS_PER_ACCOUNT": 2,
+    "JOB_CLAIM_SECONDS": 60,
+    "JOB_WORKER": True,
 }
 
 # Settings that are gone, and what to set instead.
@@ -110,6 +116,11 @@ def from_environment(environ) -> dict:
                                "10/second;500/hour") from None
     if found.get("TRUSTED_PROXIES", 0) < 0:
         raise SettingError(f"TRUSTED_PROXIES={found['TRUSTED_PROXIES']}: use the number of proxies in front, 0 or more")
+    for name in ("JOB_MAX_FILES", "JOB_MAX_MB", "JOB_CLAIM_SECONDS"):
+        if found.get(name, 1) < 1:
+            raise SettingError(f"{name}={found[name]}: use a whole number of 1 or more")
+    if found.get("JOBS_PER_ACCOUNT", 0) < 0:
+        raise SettingError(f"JOBS_PER_ACCOUNT={found['JOBS_PER_ACCOUNT']}: use 0 (no limit) or more")
     if found.get("GENERATIONS_PER_DAY", 0) < 0:
         raise SettingError(f"GENERATIONS_PER_DAY={found['GENERATIONS_PER_DAY']}: use 0 (no limit) or more")
     return found

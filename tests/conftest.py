@@ -121,6 +121,7 @@ def make_app(data_dir):
             "UPLOAD_FOLDER": str(data_dir / "uploads"),
             "GENERATED_FOLDER": str(data_dir / "uploads" / "generated"),
             "HISTORY_FILE": str(data_dir / "history.json"),
+            "JOB_WORKER": False,  # a test of jobs turns it on, and closes the runner
         }
         settings.update(config)
         return create_app(settings, captioner=captioner or FakeCaptioner(), answerer=answerer or FakeAnswerer())

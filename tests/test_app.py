@@ -387,6 +387,6 @@ def test_a_request_that_waited_too_long_answers_504_and_stores_nothing(make_app,
 
 def test_healthz_shows_the_queue_and_the_cache(client):
     queue = client.get("/healthz").get_json()["queue"]
-    assert set(queue) == {"queued", "queue_max", "background", "background_max", "cached_images", "cache_mb",
+    assert set(queue) == {"queued", "queue_max", "background", "background_max", "bulk", "cached_images", "cache_mb",
                           "cache_max_mb"}
     assert queue["cache_max_mb"] == 256

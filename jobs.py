@@ -1,0 +1,248 @@
+"""The job runner: one thread a process that claims batch jobs' items, captions them, and keeps each result.
+
+A loop, as a worker of a database-backed queue runs (the queue is the history's job items, see
+history_jobs and history_sql_jobs):
+1. claim up to MAX_BATCH items of one job, for JOB_CLAIM_SECONDS (renewed while they are worked on);
+2. decode each staged file as an upload is decoded (content, size, pixels), and send the images to the
+   captioner as bulk work, which runs only when no person's request has waited for a while (batcher.py);
+3. while they are captioned, claim and decode the next items, so that the model never waits for the disk;
+4. store each image file, then keep every result of the batch with its image record in one write; a result
+   whose claim was lost (the job was cancelled, or the claim ran out and another worker took the item) is
+   not kept, and its file is removed. So after kill -9 a job resumes where it stopped, none lost, none twice.
+A worker that died leaves its claims to run out; a restart on the same machine gives back at once those of
+its own earlier processes (the same host, a process that is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
+
+from flask import Flask
+
+import storage
+from errors import AppError
+from exports import full_caption
+from history import iso_time
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    """This process's name in claims: host, process id, and a random part (a process id is used again)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def is_gone(worker: str, mine: str) -> bool:
+    """Whether a worker named in claims is known to have died: on this host, an earlier process (a process
+    id that is not running, or this one's id under another name: a restarted container's)."""
+    host, _, rest = worker.rpartition(":")[0].partition(":")
+    my_host, _, my_rest = mine.rpartition(":")[0].partition(":")
+    if host != my_host or worker == mine:
+        return False
+    if rest == my_rest:
+        return True
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, PermissionError):
+        return False
+    return False
+
+
+@dataclass
+class Work:
+    """One claimed item on its way: what it came as, its decoded file and its caption's future, or its error."""
+
+    item: dict
+    stored: object = None  # images.Encoded: the file to keep
+    content_sha256: str | None = None
+    model_input: object = None
+    future: Future | None = None
+    error: str | None = None
+
+
+class JobRunner:
+    """Runs batch jobs' items in a thread of its own, with the app's services, until closed."""
+
+    def __init__(self, app: Flask, *, poll_seconds: float = 2.0, clock=time.time):
+        self.app = app
+        self.worker = worker_name()
+        self.batch_size = app.config["MAX_BATCH"]
+        self.claim_seconds = app.config["JOB_CLAIM_SECONDS"]
+        self.poll_seconds = poll_seconds
+        self.clock = clock
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._renewed_at = 0.0
+        self._thread = threading.Thread(target=self._run, name="job-runner", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (JOB_WORKER on)."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look for work now (a job was just made), not at the next poll; nothing when this process runs no jobs."""
+        self._wake.set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop after the batch at hand; what is claimed and not kept is claimed again after JOB_CLAIM_SECONDS."""
+        self._closed.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            self._give_back_the_dead()
+            waiting: list[Work] = []
+            while not self._closed.is_set():
+                try:
+                    claimed = self._claim()
+                    if waiting:
+                        self._keep(waiting)
+                    waiting = claimed
+                    if not waiting:
+                        self._wake.wait(self.poll_seconds)
+                        self._wake.clear()
+                except Exception:  # a database or disk fault: logged; the claims run out and are taken again
+                    log.exception("the job runner failed; trying again in %.0f s", self.poll_seconds)
+                    waiting = []
+                    self._closed.wait(self.poll_seconds)
+
+    def _give_back_the_dead(self) -> None:
+        try:
+            history = self.app.extensions["history"]
+            dead = {worker for worker in history.claimed_workers() if is_gone(worker, self.worker)}
+            if dead:
+                log.info("gave back %d job items claimed by a process that is gone",
+                         history.release_claims(dead))
+        except AppError as error:
+            log.warning("could not look for job items a stopped process held (%s)", error.code)
+
+    def _claim(self) -> list[Work]:
+        """The next items, decoded and sent to the captioner; [] when there is nothing to do."""
+        models = self.app.extensions["models"]
+        if not getattr(models.captioner, "ready", True):
+            return []
+        now = self.clock()
+        items = self.app.extensions["history"].claim_items(
+            self.worker, iso_time(now), iso_time(now + self.claim_seconds), self.batch_size)
+        self._renewed_at = now
+        works = [self._decode(item) for item in items]
+        ready = [work for work in works if work.error is None]
+        for prompt in dict.fromkeys(work.item["prompt"] for work in ready):
+            same = [work for work in ready if work.item["prompt"] == prompt]
+            for work, future in zip(same, models.caption_in_bulk([work.model_input for work in same], prompt)):
+                work.future, work.model_input = future, None
+        return works
+
+    def _decode(self, item: dict) -> Work:
+        """Read a staged file as an upload is read: the file to keep and the captioner's input, or the error."""
+        import actions  # the upload's own decoding, in the app context this thread holds
+
+        work = Work(item)
+        path = os.path.join(self.app.config["JOBS_FOLDER"], item["job_id"], item["staged"])
+        try:
+            with open(path, "rb") as file:
+                work.content_sha256 = actions.sent_digest(file)
+                work.stored, work.model_input = actions.decode(file)
+        except FileNotFoundError:
+            work.error = "its file is gone from the server (the job was deleted or cancelled)"
+        except AppError as error:
+            work.error = error.message
+        return work
+
+    def _keep(self, works: list[Work]) -> None:
+        """Wait for the captions (renewing the claims meanwhile), store the images, keep every result at once."""
+        config, history = self.app.config, self.app.extensions["history"]
+        results, paths = [], []
+        with storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
+            for work in works:
+                result = {"job_id": work.item["job_id"], "position": work.item["position"], "caption": None,
+                          "error": work.error, "image": None}
+                if work.error is None:
+                    try:
+                        caption = self._caption_of(work)
+                    except CancelledError:  # the process is stopping: the item stays claimed, to be taken again
+                        continue
+                    except Exception as error:  # the model failed on this batch: the items fail, saying so
+                        log.exception("captioning a job's items failed")
+                        result["error"] = f"the caption model failed ({type(error).__name__}): start the job again"
+                    else:
+                        image = self._image_record(work, caption)
+                        paths.append(storage.store(config["UPLOAD_FOLDER"], image["filename"], work.stored.data,
+                                                   "UPLOAD_FOLDER"))
+                        result.update(image=image, caption=full_caption(caption, work.item["prefix"],
+                                                                        work.item["suffix"]))
+                results.append(result)
+            try:
+                kept = set(history.finish_items(self.worker, results, iso_time(self.clock())))
+            except BaseException:
+                for path in paths:
+                    storage.remove(path)
+                raise
+        for result in results:
+            if (result["job_id"], result["position"]) not in kept and result["image"]:
+                storage.remove(os.path.join(config["UPLOAD_FOLDER"], result["image"]["filename"]))
+        for job_id in {result["job_id"] for result in results}:
+            self._tidy(job_id)
+
+    def _caption_of(self, work: Work) -> str:
+        """The item's caption, when the captioner gets to it; the claims are renewed while waiting."""
+        while True:
+            try:
+                return work.future.result(timeout=self.poll_seconds)
+            except TimeoutError:
+                self._renew()
+
+    def _renew(self) -> None:
+        now = self.clock()
+        if now - self._renewed_at >= self.claim_seconds / 3:
+            self.app.extensions["history"].renew_claims(self.worker, iso_time(now + self.claim_seconds))
+            self._renewed_at = now
+
+    def _image_record(self, work: Work, caption: str) -> dict:
+        """The image record an item makes: the job owner's, named by the item's path."""
+        image_id = str(uuid.uuid4())
+        return {"image_id": image_id, "owner": work.item["owner"], "filename": image_id + work.stored.extension,
+                "original_name": work.item["file_name"], "mime_type": work.stored.mime_type,
+                "prompt": work.item["prompt"], "caption": caption, "created_at": iso_time(self.clock()),
+                "questions": [], "content_sha256": work.content_sha256}
+
+    def _tidy(self, job_id: str) -> None:
+        """Remove a finished job's staged files."""
+        try:
+            finished = self.app.extensions["history"].job(job_id)["status"] not in ("queued", "running")
+        except AppError:  # deleted meanwhile (DELETE /history)
+            finished = True
+        if finished:
+            remove_staged(self.app.config["JOBS_FOLDER"], job_id)
+
+
+def remove_staged(jobs_folder: str, job_id: str) -> None:
+    """Remove a job's staged files (its folder in JOBS_FOLDER)."""
+    shutil.rmtree(os.path.join(jobs_folder, job_id), ignore_errors=True)
+
+
+def sweep_staged(jobs_folder: str, history) -> None:
+    """At start: remove the staged files of jobs that are finished or gone (a crash between finishing a job and
+    removing its files, or a job deleted with the history)."""
+    if not os.path.isdir(jobs_folder):
+        return
+    for job_id in os.listdir(jobs_folder):
+        try:
+            active = history.job(job_id)["status"] in ("queued", "running")
+        except AppError:
+            active = False
+        if not active:
+            remove_staged(jobs_folder, job_id)
