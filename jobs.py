@@ -194,6 +194,10 @@ class JobRunner:
         for result in results:
             if (result["job_id"], result["position"]) not in kept and result["image"]:
                 storage.remove(os.path.join(config["UPLOAD_FOLDER"], result["image"]["filename"]))
+        if kept:
+            log.info("job items kept by %s: %d (%d failed); not kept, their claim lost: %d", self.worker, len(kept),
+                     sum(1 for result in results if result["error"] and (result["job_id"], result["position"]) in kept),
+                     len(results) - len(kept))
         for job_id in {result["job_id"] for result in results}:
             self._tidy(job_id)
 

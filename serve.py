@@ -50,7 +50,7 @@ def gunicorn_limits(behind_nginx: bool) -> list[str]:
             "--limit-request-field_size", str(HEADER_BUFFER)]
 
 
-def nginx_config(run_folder: str, listen: str, upstream: str, max_body: int) -> str:
+def nginx_config(run_folder: str, listen: str, upstream: str, max_body: int, job_body: int) -> str:
     """The nginx configuration: buffer whole requests and answers; nginx's own errors in the app's JSON shape."""
     kb = settings.MAX_HEADER_BYTES // 1024
     errors = {  # nginx's status: the status answered, the code and the message (the app's own for 414 and 431)
@@ -85,6 +85,10 @@ def nginx_config(run_folder: str, listen: str, upstream: str, max_body: int) -> 
         for status, (answered, code, message) in errors.items())
     temporary = "\n".join(f"    {kind}_temp_path {run_folder}/{kind};" for kind in
                           ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    proxied = "\n".join(f"            {line}" for line in (
+        "proxy_pass http://app;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
+        "proxy_set_header Host $http_host;", "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_request_buffering on;", "proxy_buffering on;", "proxy_read_timeout 310s;"))
     return f"""
 daemon off;
 worker_processes 1;
@@ -106,14 +110,12 @@ http {{
     server {{
         listen {listen};
         location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_request_buffering on;
-            proxy_buffering on;
-            proxy_read_timeout 310s;
+{proxied}
+        }}
+        # A batch job's files come in one request: up to JOB_MAX_MB, buffered to disk before gunicorn sees them.
+        location = /jobs {{
+            client_max_body_size {job_body};
+{proxied}
         }}
 {error_pages}
     }}
@@ -156,8 +158,9 @@ def main() -> int:
         inner = f"127.0.0.1:{free_loopback_port()}"
         # Twice the upload limit: nginx refuses only what is far too large; the app answers the rest itself.
         max_body = 2 * (config["MAX_IMAGE_BYTES"] + 64 * 1024)
+        job_body = 2 * (config["JOB_MAX_MB"] << 20) + config["JOB_MAX_FILES"] * 1024  # and a part's head a file
         with open(os.path.join(run_folder, "nginx.conf"), "w", encoding="utf-8") as file:
-            file.write(nginx_config(run_folder, public, inner, max_body))
+            file.write(nginx_config(run_folder, public, inner, max_body, job_body))
         log.info("nginx listens on %s and buffers requests for gunicorn on %s", public, inner)
         # One more proxy in front of the app, this nginx: the clients' addresses come from its X-Forwarded-For.
         os.environ["TRUSTED_PROXIES"] = str(config["TRUSTED_PROXIES"] + 1)
