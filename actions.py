@@ -18,6 +18,7 @@ from PIL import Image
 
 import field_checks
 import images
+import jobs
 import storage
 from errors import AppError, InvalidInput, NotFound, NotOwner, QuotaExceeded
 from history import iso_time, not_found, parse_time
@@ -321,10 +322,14 @@ def deleted(kind: str, key: str) -> dict:
 
 
 def clear_history() -> int:
-    """Delete everything the caller's session made; return how many records went."""
+    """Delete everything the caller's session made (batch jobs too); return how many images and generations went."""
+    history = service("history")
+    jobs_made = [job["job_id"] for job in history.jobs(owner(), 10**9, 0)[0]]
     with storage.files_locked(current_app.config["UPLOAD_FOLDER"], exclusive=False):
-        records = service("history").clear(owner())
+        records = history.clear(owner())
         forget_files(records)
+    for job_id in jobs_made:  # the files still waiting in the caller's jobs, which went with the history
+        jobs.remove_staged(current_app.config["JOBS_FOLDER"], job_id)
     return len(records)
 
 

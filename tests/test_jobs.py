@@ -229,3 +229,53 @@ def test_an_image_over_the_byte_limit_is_a_failed_item(job_app):
     assert (job["done"], job["failed"]) == (1, 1)
     items = client.get(f"/jobs/{job['job_id']}/items").get_json()["items"]
     assert items[1]["error"] and "MB" in items[1]["error"]
+
+
+def test_with_accounts_a_job_is_its_account_s_and_an_admin_reads_all(job_app):
+    from accounts import Accounts
+
+    app = job_app(AUTH="on")
+    identity: Accounts = app.extensions["accounts"]
+    identity.create_user("ada", "correct horse battery staple", "admin")
+    for name in ("grace", "alan"):
+        identity.create_user(name, "correct horse battery staple")
+    clients = {}
+    for name in ("ada", "grace", "alan"):
+        clients[name] = app.test_client()
+        assert clients[name].post("/login", json={"username": name, "password": "correct horse battery staple"}
+                                  ).status_code == 200
+    job_id = clients["grace"].post("/jobs", data={"images": [(io.BytesIO(PNG), "a.png")]}).get_json()["job_id"]
+    finished(clients["grace"], job_id)
+    missing = clients["alan"].get("/jobs/no-such-job").get_json()
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/items", f"/jobs/{job_id}/export?format=csv"):
+        refused = clients["alan"].get(path)
+        assert refused.status_code == 404 and refused.get_json()["code"] == missing["code"] == "job_not_found"
+    assert clients["alan"].delete(f"/jobs/{job_id}").status_code == 404
+    assert clients["alan"].get("/jobs").get_json()["total"] == 0
+    assert clients["ada"].get(f"/jobs/{job_id}").status_code == 200  # an admin reads every job
+    assert clients["ada"].delete(f"/jobs/{job_id}").status_code == 404  # and deletes only its own
+    assert clients["grace"].get(f"/jobs/{job_id}/items").get_json()["items"][0]["status"] == "done"
+    image_id = clients["grace"].get(f"/jobs/{job_id}/items").get_json()["items"][0]["image_id"]
+    assert clients["grace"].get(f"/images/{image_id}").status_code == 200
+    assert clients["alan"].get(f"/images/{image_id}").status_code == 404
+    assert app.test_client().get("/jobs").status_code == 401
+
+
+def test_delete_history_takes_the_jobs_and_their_waiting_files(job_app):
+    app = job_app(JOB_WORKER=False)  # nothing runs: the files wait
+    client = app.test_client()
+    job_id = client.post("/jobs", data={"images": [(io.BytesIO(PNG), "a.png")]}).get_json()["job_id"]
+    assert os.listdir(os.path.join(app.config["JOBS_FOLDER"], job_id)) == ["0"]
+    assert client.delete("/history").status_code == 204
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert os.listdir(app.config["JOBS_FOLDER"]) == []
+
+
+def test_a_restart_removes_the_files_of_jobs_that_are_gone(job_app, make_app):
+    app = job_app(JOB_WORKER=False)
+    client = app.test_client()
+    job_id = client.post("/jobs", data={"images": [(io.BytesIO(PNG), "a.png")]}).get_json()["job_id"]
+    stray = os.path.join(app.config["JOBS_FOLDER"], "left-by-a-crash")
+    os.makedirs(stray)
+    make_app()  # a restart over the same folders
+    assert os.listdir(app.config["JOBS_FOLDER"]) == [job_id]  # the queued job's files wait for it
