@@ -279,3 +279,25 @@ def test_a_restart_removes_the_files_of_jobs_that_are_gone(job_app, make_app):
     os.makedirs(stray)
     make_app()  # a restart over the same folders
     assert os.listdir(app.config["JOBS_FOLDER"]) == [job_id]  # the queued job's files wait for it
+
+
+def test_a_job_may_hold_more_files_than_a_form_s_usual_thousand_parts(job_app):
+    app = job_app(JOB_WORKER=False)
+    client = app.test_client()
+    files = [(io.BytesIO(PNG), f"f/{index}.png") for index in range(1100)]
+    response = client.post("/jobs", data={"images": files, "prefix": "p"})
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["total"] == 1100
+
+
+def test_eta_is_the_time_left_at_the_rate_so_far(job_app):
+    import job_actions
+    from history import iso_time
+
+    app = job_app(JOB_WORKER=False)
+    job = {"job_id": "j", "status": "running", "total": 100, "done": 20, "failed": 5, "created_at": iso_time(0),
+           "started_at": iso_time(1000), "skipped": []}
+    with app.test_request_context():
+        assert job_actions.view(job, clock=lambda: 1050)["eta_s"] == 150.0  # 25 in 50 s: 75 more in 150 s
+        assert job_actions.view({**job, "done": 0, "failed": 0}, clock=lambda: 1050)["eta_s"] is None
+        assert job_actions.view({**job, "status": "done"}, clock=lambda: 1050)["eta_s"] is None
