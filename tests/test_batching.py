@@ -131,6 +131,44 @@ def test_interactive_work_goes_before_background_work():
     assert run.batches == [["first"], ["person"], ["background"]]
 
 
+def test_bulk_work_runs_in_batches_after_people_and_background_work():
+    batcher, run = held(max_batch=3, batch_wait=0, background_idle=0)
+    bulk = [batcher.submit(run, ("caption", None), index, bulk=True) for index in range(5)]
+    background = batcher.submit(run, "context", "background", background=True)
+    person = batcher.submit(run, "a", "person")
+    run.release.set()
+    for future in [*bulk, background, person]:
+        future.result(10)
+    assert run.batches == [["first"], ["person"], ["background"], [0, 1, 2], [3, 4]]
+
+
+def test_a_person_waits_for_one_bulk_batch_at_most():
+    batcher, run = Batcher(max_batch=2, batch_wait=0, background_idle=0), Recorder()
+    run.hold()
+    bulk = [batcher.submit(run, "caption", index, bulk=True) for index in range(6)]
+    run.started.wait(10)  # the first bulk batch is running
+    person = batcher.submit(run, "a", "person")
+    run.release.set()
+    person.result(10)
+    for future in bulk:
+        future.result(10)
+    assert run.batches == [[0, 1], ["person"], [2, 3], [4, 5]]
+
+
+def test_bulk_work_waits_while_people_keep_the_models_busy():
+    clock = FrozenClock()
+    run = Recorder()
+    batcher = Batcher(batch_wait=0, background_idle=5, clock=clock)
+    assert batcher.submit(run, "a", "question").result(10) == "done question"
+    bulk = batcher.submit(run, "caption", "item", bulk=True)
+    assert batcher.submit(run, "a", "follow-up").result(10) == "done follow-up"
+    assert not bulk.done() and batcher.waiting_in_bulk() == 1  # no idle time since the person's last request
+    clock.now += 5
+    batcher.submit(run, "context", "nudge", background=True)  # wakes the worker
+    assert bulk.result(10) == "done item"
+    assert run.batches.index(["item"]) > run.batches.index(["follow-up"])
+
+
 def test_close_lets_the_running_batch_finish_and_cancels_the_rest():
     batcher, run = held(batch_wait=0)
     queued = batcher.submit(run, "a", "queued")
