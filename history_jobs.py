@@ -64,6 +64,16 @@ def settled_status(items: list[dict]) -> str | None:
     return "done" if any(item["state"] == "done" for item in items) else "failed"
 
 
+def owned(data: dict, job_id: str, owner: str) -> dict:
+    """The owner's job in the data about to be written; NotFound, NotOwner."""
+    record = data["jobs"].get(job_id)
+    if record is None:
+        raise job_not_found(job_id)
+    if record["owner"] != owner:
+        raise not_owner()
+    return record
+
+
 def claimable(item: dict, now: str) -> bool:
     """Whether an item may be claimed at a time: pending, or claimed by a worker whose claim has run out."""
     return item["state"] == "pending" or (item["state"] == "claimed" and item["claimed_until"] < now)
@@ -215,11 +225,7 @@ class JobsInFile:
         """
 
         def cancel(data):
-            record = data["jobs"].get(job_id)
-            if record is None:
-                raise job_not_found(job_id)
-            if record["owner"] != owner:
-                raise not_owner()
+            record = owned(data, job_id, owner)
             if record["status"] in ACTIVE:
                 items = [{**item, "state": "cancelled", "claimed_by": None, "claimed_until": None}
                          if item["state"] in ("pending", "claimed") else item for item in record["items"]]
@@ -237,11 +243,7 @@ class JobsInFile:
         """
 
         def delete(data):
-            record = data["jobs"].get(job_id)
-            if record is None:
-                raise job_not_found(job_id)
-            if record["owner"] != owner:
-                raise not_owner()
+            record = owned(data, job_id, owner)
             if record["status"] in ACTIVE:
                 return counted(record, record["items"]), []
             del data["jobs"][job_id]
