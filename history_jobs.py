@@ -25,6 +25,8 @@ JOB = {"job_id": str, "owner": str, "status": str, "total": int, "skipped": list
 JOB_OPTIONAL = {"prompt": str, "prefix": str, "suffix": str, "started_at": str, "finished_at": str,
                 "last_claimed_at": str}
 ITEM = {"position": int, "file_name": str, "staged": str, "state": str}
+ITEM_FIELDS = ("job_id", "position", "file_name", "staged", "state", "claimed_by", "claimed_until", "caption",
+               "error", "image_id", "finished_at")  # as the stores hand an item out, absent ones None
 
 
 def is_job(record) -> bool:
@@ -53,8 +55,8 @@ def counted(job: dict, items: list[dict]) -> dict:
 
 
 def item_view(job_id: str, item: dict) -> dict:
-    """An item with its job's id, as the stores hand it out."""
-    return {"job_id": job_id, **item}
+    """An item with its job's id, every field there (None where not set), as the stores hand it out."""
+    return {name: item.get(name) for name in ITEM_FIELDS} | {"job_id": job_id}
 
 
 def settled_status(items: list[dict]) -> str | None:

@@ -5,21 +5,23 @@ Replicas on one PostgreSQL caption one job's items together. An item is claimed 
 two replicas claiming at once each skip the rows the other has locked, so no item is handed out twice and
 none waits. That is the queue; no queue library is used because the items are rows of the history itself, and
 an item's result must be kept in the same transaction as the image row it makes, which a queue in other tables
-or another service could not join. SQLite has no row locks and ignores FOR UPDATE; it serializes writers
-instead, so a claim there is as safe, one process at a time.
+or another service could not join. SQLite has no row locks and ignores FOR UPDATE, and its SELECT
+runs before the write begins; so every UPDATE here repeats the condition it was chosen by (still claimable,
+still the worker's) and claim_items hands out only the rows its own UPDATE changed (RETURNING).
+Every transaction that changes both tables changes job_items first and jobs last, so that a cancel and
+the replicas' claims never wait for each other in a circle (a deadlock, which PostgreSQL would end by
+failing one of them).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from history_jobs import ACTIVE, job_not_found, not_owner
+from history_jobs import ACTIVE, ITEM_FIELDS, job_not_found, not_owner
 from history_tables import images, job_items, jobs, questions, record, row
 
 JOB_FIELDS = ("job_id", "owner", "status", "prompt", "prefix", "suffix", "total", "skipped", "created_at",
               "started_at", "finished_at", "last_claimed_at")
-ITEM_FIELDS = ("job_id", "position", "file_name", "staged", "state", "claimed_by", "claimed_until", "caption",
-               "error", "image_id", "finished_at")
 
 
 class JobsInDatabase:
@@ -88,14 +90,17 @@ class JobsInDatabase:
                                    .with_for_update(skip_locked=True)).mappings().all()
                 if not found:
                     continue
-                db.execute(job_items.update().where(job_items.c.id.in_([one["id"] for one in found]))
-                           .values(state="claimed", claimed_by=worker, claimed_until=until))
+                taken = set(db.execute(job_items.update().where(job_items.c.id.in_([one["id"] for one in found]),
+                                                                claimable).values(
+                    state="claimed", claimed_by=worker, claimed_until=until).returning(job_items.c.id)).scalars())
+                if not taken:
+                    continue
                 db.execute(jobs.update().where(jobs.c.job_id == job.job_id, jobs.c.status.in_(ACTIVE))
                            .values(status="running", last_claimed_at=now,
                                    started_at=sa.func.coalesce(jobs.c.started_at, now)))
                 return [{**{name: one[name] for name in ITEM_FIELDS}, "state": "claimed", "claimed_by": worker,
                          "claimed_until": until, "owner": job.owner, "prompt": job.prompt, "prefix": job.prefix,
-                         "suffix": job.suffix} for one in found]
+                         "suffix": job.suffix} for one in found if one["id"] in taken]
         return []
 
     def renew_claims(self, worker: str, until: str) -> int:
@@ -154,16 +159,17 @@ class JobsInDatabase:
         Returns the job (with its counts); NotFound, NotOwner. A job already finished is returned as it is.
         """
         with self._transaction() as db:
-            found = db.execute(sa.select(jobs.c.owner).where(jobs.c.job_id == job_id).with_for_update()).first()
+            found = db.execute(sa.select(jobs.c.owner, jobs.c.status).where(jobs.c.job_id == job_id)).first()
             if found is None:
                 raise job_not_found(job_id)
             if found.owner != owner:
                 raise not_owner()
-            if db.execute(jobs.update().where(jobs.c.job_id == job_id, jobs.c.status.in_(ACTIVE))
-                          .values(status="cancelled", finished_at=now)).rowcount:
+            if found.status in ACTIVE:  # the items first, then the job: the order claims and finishes take
                 db.execute(job_items.update().where(job_items.c.job_id == job_id,
                                                     job_items.c.state.in_(("pending", "claimed")))
                            .values(state="cancelled", claimed_by=None, claimed_until=None))
+                db.execute(jobs.update().where(jobs.c.job_id == job_id, jobs.c.status.in_(ACTIVE))
+                           .values(status="cancelled", finished_at=now))
             return job_rows(db, [job_id])[0]
 
     def delete_job(self, job_id: str, owner: str) -> tuple[dict, list[dict]]:

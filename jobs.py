@@ -35,6 +35,8 @@ from history import iso_time
 
 log = logging.getLogger(__name__)
 
+STAGING_GRACE = 3600  # seconds: a job's folder younger than this may still be filling in another process
+
 
 def worker_name() -> str:
     """This process's name in claims: host, process id, and a random part (a process id is used again)."""
@@ -137,7 +139,6 @@ class JobRunner:
         now = self.clock()
         items = self.app.extensions["history"].claim_items(
             self.worker, iso_time(now), iso_time(now + self.claim_seconds), self.batch_size)
-        self._renewed_at = now
         works = [self._decode(item) for item in items]
         ready = [work for work in works if work.error is None]
         for prompt in dict.fromkeys(work.item["prompt"] for work in ready):
@@ -205,11 +206,12 @@ class JobRunner:
         """The item's caption, when the captioner gets to it; the claims are renewed while waiting."""
         while True:
             try:
-                return work.future.result(timeout=self.poll_seconds)
+                return work.future.result(timeout=min(self.poll_seconds, self.claim_seconds / 4))
             except TimeoutError:
                 self._renew()
 
     def _renew(self) -> None:
+        """Extend all this worker's claims, a third of JOB_CLAIM_SECONDS after the last time (the first: at once)."""
         now = self.clock()
         if now - self._renewed_at >= self.claim_seconds / 3:
             self.app.extensions["history"].renew_claims(self.worker, iso_time(now + self.claim_seconds))
@@ -238,9 +240,10 @@ def remove_staged(jobs_folder: str, job_id: str) -> None:
     shutil.rmtree(os.path.join(jobs_folder, job_id), ignore_errors=True)
 
 
-def sweep_staged(jobs_folder: str, history) -> None:
+def sweep_staged(jobs_folder: str, history, clock=time.time) -> None:
     """At start: remove the staged files of jobs that are finished or gone (a crash between finishing a job and
-    removing its files, or a job deleted with the history)."""
+    removing its files, or a job deleted with the history). A folder changed within STAGING_GRACE seconds is
+    left alone: another replica may be staging a job there that has no record yet."""
     if not os.path.isdir(jobs_folder):
         return
     for job_id in os.listdir(jobs_folder):
@@ -248,5 +251,9 @@ def sweep_staged(jobs_folder: str, history) -> None:
             active = history.job(job_id)["status"] in ("queued", "running")
         except AppError:
             active = False
-        if not active:
+        try:
+            young = clock() - os.stat(os.path.join(jobs_folder, job_id)).st_mtime < STAGING_GRACE
+        except FileNotFoundError:
+            continue
+        if not active and not young:
             remove_staged(jobs_folder, job_id)
