@@ -8,6 +8,7 @@ AUTH off, anyone who has its id, while only the session that made it may cancel 
 import os
 import time
 import uuid
+from contextlib import contextmanager
 
 from flask import current_app, url_for
 
@@ -115,24 +116,37 @@ def items(job_id: str, limit: int, offset: int) -> dict:
 
 
 def cancel_or_delete(job_id: str) -> dict:
-    """Cancel a queued or running job of the caller's (the items finished stay), or delete a finished one with
-    its images; {"job": view} after a cancel, {"deleted": job_id, "images": n} after a delete."""
-    history, config = service("history"), current_app.config
-    try:
-        job = readable(job_id)
-        if active(job):
-            job = history.cancel_job(job_id, owner(), now())  # a job that finished meanwhile comes back as it is
-            jobs.remove_staged(config["JOBS_FOLDER"], job_id)
-            return {"job": view(job)}
-        with storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
-            _, made = history.delete_job(job_id, owner())
-            actions.forget_files(made)
-    except NotOwner:
-        if config["AUTH_ON"]:
-            raise job_not_found(job_id) from None
-        raise
+    """DELETE /jobs/<id>: cancel a queued or running job of the caller's (the items finished stay), or delete a
+    finished one with its images; {"job": view} after a cancel, {"deleted": job_id, "images": n} after a delete."""
+    if active(readable(job_id)):
+        return cancel(job_id)
+    config = current_app.config
+    with own_job(job_id), storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
+        _, made = service("history").delete_job(job_id, owner())
+        actions.forget_files(made)
     jobs.remove_staged(config["JOBS_FOLDER"], job_id)
     return {"deleted": job_id, "images": len(made)}
+
+
+def cancel(job_id: str) -> dict:
+    """Cancel a queued or running job of the caller's (the items finished stay): {"job": view}. A job that has
+    ended is left as it is, never deleted (so a late Cancel cannot delete what it meant to stop)."""
+    readable(job_id)
+    with own_job(job_id):
+        job = service("history").cancel_job(job_id, owner(), now())
+    jobs.remove_staged(current_app.config["JOBS_FOLDER"], job_id)  # what waits for an ended job is not needed
+    return {"job": view(job)}
+
+
+@contextmanager
+def own_job(job_id: str):
+    """Another's job is NotOwner (403) with AUTH off, and with AUTH on NotFound (404), as an id that does not exist."""
+    try:
+        yield
+    except NotOwner:
+        if current_app.config["AUTH_ON"]:
+            raise job_not_found(job_id) from None
+        raise
 
 
 def export(job_id: str, format_: str | None) -> tuple[bytes, str, str]:

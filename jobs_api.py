@@ -56,6 +56,11 @@ def cancel_or_delete(job_id):
     return jsonify(job_actions.cancel_or_delete(job_id))
 
 
+@bp.post("/<job_id>/cancel")
+def cancel(job_id):
+    return jsonify(job_actions.cancel(job_id))
+
+
 @bp.get("/<job_id>/export")
 def export(job_id):
     content, content_type, name = job_actions.export(job_id, request.args.get("format"))

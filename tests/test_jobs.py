@@ -308,3 +308,15 @@ def test_eta_is_the_time_left_at_the_rate_so_far(job_app):
         assert job_actions.view(job, clock=lambda: 1050)["eta_s"] == 150.0  # 25 in 50 s: 75 more in 150 s
         assert job_actions.view({**job, "done": 0, "failed": 0}, clock=lambda: 1050)["eta_s"] is None
         assert job_actions.view({**job, "status": "done"}, clock=lambda: 1050)["eta_s"] is None
+
+
+def test_cancel_never_deletes_a_job_that_has_ended(job_app):
+    app = job_app()
+    client = app.test_client()
+    job_id = client.post("/jobs", data={"images": [(io.BytesIO(PNG), "a.png")]}).get_json()["job_id"]
+    finished(client, job_id)
+    answer = client.post(f"/jobs/{job_id}/cancel")
+    assert answer.status_code == 200 and answer.get_json()["job"]["status"] == "done"
+    assert client.get(f"/jobs/{job_id}").get_json()["done"] == 1
+    assert client.get("/history").get_json()["total_images"] == 1
+    assert app.test_client().post(f"/jobs/{job_id}/cancel").status_code == 403  # another session
