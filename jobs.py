@@ -164,43 +164,46 @@ class JobRunner:
         return work
 
     def _keep(self, works: list[Work]) -> None:
-        """Wait for the captions (renewing the claims meanwhile), store the images, keep every result at once."""
+        """Wait for the captions (renewing the claims meanwhile), then store the images and keep every result at
+        once, under the stored files' shared lock (a start's sweep waits for it, never for the captioner)."""
         config, history = self.app.config, self.app.extensions["history"]
-        results, paths = [], []
+        results = [result for result in map(self._result, works) if result is not None]
+        paths = []
         with storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
-            for work in works:
-                result = {"job_id": work.item["job_id"], "position": work.item["position"], "caption": None,
-                          "error": work.error, "image": None}
-                if work.error is None:
-                    try:
-                        caption = self._caption_of(work)
-                    except CancelledError:  # the process is stopping: the item stays claimed, to be taken again
-                        continue
-                    except Exception as error:  # the model failed on this batch: the items fail, saying so
-                        log.exception("captioning a job's items failed")
-                        result["error"] = f"the caption model failed ({type(error).__name__}): start the job again"
-                    else:
-                        image = self._image_record(work, caption)
-                        paths.append(storage.store(config["UPLOAD_FOLDER"], image["filename"], work.stored.data,
-                                                   "UPLOAD_FOLDER"))
-                        result.update(image=image, caption=full_caption(caption, work.item["prefix"],
-                                                                        work.item["suffix"]))
-                results.append(result)
             try:
+                for result, image in ((result, result["image"]) for result in results if result["image"]):
+                    paths.append(storage.store(config["UPLOAD_FOLDER"], image["filename"], result.pop("data"),
+                                               "UPLOAD_FOLDER"))
                 kept = set(history.finish_items(self.worker, results, iso_time(self.clock())))
             except BaseException:
                 for path in paths:
                     storage.remove(path)
                 raise
-        for result in results:
-            if (result["job_id"], result["position"]) not in kept and result["image"]:
+        lost = [result for result in results if (result["job_id"], result["position"]) not in kept]
+        for result in lost:
+            if result["image"]:
                 storage.remove(os.path.join(config["UPLOAD_FOLDER"], result["image"]["filename"]))
-        if kept:
-            log.info("job items kept by %s: %d (%d failed); not kept, their claim lost: %d", self.worker, len(kept),
-                     sum(1 for result in results if result["error"] and (result["job_id"], result["position"]) in kept),
-                     len(results) - len(kept))
+        log.info("job items kept by %s: %d; not kept (the claim was lost): %d", self.worker, len(kept), len(lost))
         for job_id in {result["job_id"] for result in results}:
             self._tidy(job_id)
+
+    def _result(self, work: Work) -> dict | None:
+        """What finish_items keeps of an item: its caption and image record (with the file's bytes under "data"),
+        or its error; None when the process is stopping before its caption came (it stays claimed)."""
+        result = {"job_id": work.item["job_id"], "position": work.item["position"], "caption": None,
+                  "error": work.error, "image": None}
+        if work.error is not None:
+            return result
+        try:
+            caption = self._caption_of(work)
+        except CancelledError:
+            return None
+        except Exception as error:  # the model failed on this batch: the items fail, saying so
+            log.exception("captioning a job's items failed")
+            return {**result, "error": f"the caption model failed ({type(error).__name__}): start the job again"}
+        image = self._image_record(work, caption)
+        return {**result, "image": image, "data": work.stored.data,
+                "caption": full_caption(caption, work.item["prefix"], work.item["suffix"])}
 
     def _caption_of(self, work: Work) -> str:
         """The item's caption, when the captioner gets to it; the claims are renewed while waiting."""

@@ -27,7 +27,7 @@ TOTAL = 40
 NAMES = [f"set/{index:02d}.png" for index in range(TOTAL)]
 SECRET_KEY = "shared-by-the-job-servers"
 TIMEOUT = 30  # seconds for any one request to a server on 127.0.0.1
-KEPT = re.compile(r"job items kept by (\S+): (\d+) \(")
+KEPT = re.compile(r"job items kept by (\S+): (\d+);")
 
 
 def job_files() -> list[tuple]:
