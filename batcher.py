@@ -4,7 +4,8 @@ Jobs of one group (same model, same prompt or question length) queued together r
 at most max_batch. Interactive jobs (a person's request) run first, oldest first. Only after no person's
 job has run for background_idle seconds do the others run: background jobs (an upload's question context)
 one at a time, newest first, then bulk jobs (a batch job's captions) in batches, oldest first. So a running
-batch job holds up a person by one batch at most. A person's job past max_queue is refused, a background
+batch job holds up a person by one batch at most; and a bulk batch may let people's batches run inside it,
+between its steps (let_people_in), so that a question waits for one step of it. A person's job past max_queue is refused, a background
 job past max_background pushes out the oldest one; bulk jobs are bounded by their one submitter (the job
 runner keeps two batches queued at most). A job whose caller gave up is dropped before it runs.
 """
@@ -120,20 +121,45 @@ class Batcher:
             batch = self._take()
             if not batch:
                 return  # closed
-            started = self.clock()
-            try:
-                results = batch[0].run([job.payload for job in batch])
-            except BaseException as error:  # the callers get the error; the worker goes on
-                for job in batch:
-                    job.future.set_exception(error)
-                continue
-            for job, result in zip(batch, results):
-                job.future.set_result(result)
+            self._run(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        """Run one started batch; its callers get their results, or the error (the worker goes on)."""
+        started = self.clock()
+        try:
+            results = batch[0].run([job.payload for job in batch])
+        except BaseException as error:
+            for job in batch:
+                job.future.set_exception(error)
+            return
+        for job, result in zip(batch, results):
+            job.future.set_result(result)
+        with self._changed:
+            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (self.clock() - started)
+            if batch[0].kind == "interactive":
+                # Idle time counts from the end of a person's work, when their next request may follow.
+                self._last_interactive = self.clock()
+
+    def let_people_in(self, allowed: Callable[[Hashable], bool]) -> None:
+        """Run now, inside the batch that is running, the people's batches waiting whose group allowed() takes.
+
+        Only a bulk batch's own run calls this, between its steps (ModelService: between a job's images and
+        tokens, questions go in), so that a person waits for one step of a bulk batch, not for all of it.
+        """
+        if threading.current_thread() is not self._thread:
+            raise RuntimeError("let_people_in runs only inside a batch, on the worker's thread")
+        while True:
             with self._changed:
-                self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * (self.clock() - started)
-                if batch[0].kind == "interactive":
-                    # Idle time counts from the end of a person's work, when their next request may follow.
-                    self._last_interactive = self.clock()
+                self._drop_cancelled()
+                first = next((job for job in self._interactive if allowed(job.group)), None)
+                if first is None:
+                    return
+                batch = [job for job in self._interactive if job.group == first.group][: self.max_batch]
+                for job in batch:
+                    self._interactive.remove(job)
+                started = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if started:
+                self._run(started)
 
     def _take(self) -> list[Job]:
         """The next batch to run, started (cancelled jobs dropped); waits until there is one; [] once closed."""

@@ -96,9 +96,10 @@ class ModelService:
 
     def caption_in_bulk(self, model_inputs: list, prompt: str | None = None) -> list[Future]:
         """Captions of a batch job's images (their caption_input), one future each: batched together, run only when
-        no person's request has waited for a while (Batcher's bulk jobs)."""
+        no person's request has come for a while (Batcher's bulk jobs); a question that comes meanwhile runs
+        inside the batch, between one image's vision layers or tokens and the next."""
         self._check(self.captioner)
-        return [self.batcher.submit(self._run_captions, ("caption", prompt), (model_input, prompt), bulk=True)
+        return [self.batcher.submit(self._run_bulk_captions, ("caption", prompt), (model_input, prompt), bulk=True)
                 for model_input in model_inputs]
 
     def answer(self, image_id: str, load: Callable[[], Image.Image], question: str,
@@ -162,6 +163,15 @@ class ModelService:
     def _run_captions(self, payloads: list) -> list[str]:
         prompt = payloads[0][1]  # one group, one prompt
         return self.captioner.caption_batch([model_input for model_input, _ in payloads], prompt)
+
+    def _run_bulk_captions(self, payloads: list) -> list[str]:
+        prompt = payloads[0][1]
+        return self.captioner.caption_batch([model_input for model_input, _ in payloads], prompt,
+                                            pause=self._let_questions_in)
+
+    def _let_questions_in(self) -> None:
+        # Only questions: they run on the other model, so the captioner's generation in progress is not disturbed.
+        self.batcher.let_people_in(lambda group: group[0] == "answer")
 
     def _contexts(self, items: list[tuple[str, Callable[[], Image.Image]]]) -> list:
         """Each image's context: from the cache, or computed in one batch for those missing."""

@@ -21,7 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor
+from transformers import (BlipForConditionalGeneration, BlipForQuestionAnswering, BlipProcessor, StoppingCriteria,
+                          StoppingCriteriaList)
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.image_processing_backends import PilBackend
 
@@ -111,14 +112,27 @@ class BlipModel:
             image = image.resize((size.width, size.height), processor.resample)
         return self.processor(images=[image], return_tensors="np")["pixel_values"]
 
-    def embed(self, inputs: list[np.ndarray]) -> torch.Tensor:
-        """The vision model's embeddings of a batch of model inputs: (batch, image tokens, hidden)."""
+    def embed(self, inputs: list[np.ndarray], pause: Callable[[], None] | None = None) -> torch.Tensor:
+        """The vision model's embeddings of a batch of model inputs: (batch, image tokens, hidden).
+
+        With pause, the images go one at a time and pause() is called after each of the vision model's layers
+        (a person's work may run there); the vision model gains little from batching on a CPU.
+        """
+        if pause is not None:
+            hooks = [layer.register_forward_hook(lambda *_: pause()) for layer in self.model.vision_model.encoder.layers]
+            try:
+                return torch.cat([self.embed([one]) for one in inputs])
+            finally:
+                for hook in hooks:
+                    hook.remove()
         pixels = torch.from_numpy(np.concatenate(inputs)).to(self.device, self.dtype)
         with torch.inference_mode():
             return self.model.vision_model(pixel_values=pixels)[0]
 
-    def _decode(self, prompt_ids: torch.Tensor, attention_mask, cross: PerRequestCrossCache) -> list[str]:
-        """The text decoder's generation, attending to each request's encoder states through cross, decoded to text."""
+    def _decode(self, prompt_ids: torch.Tensor, attention_mask, cross: PerRequestCrossCache,
+                pause: Callable[[], None] | None = None) -> list[str]:
+        """The text decoder's generation, attending to each request's encoder states through cross, decoded to text;
+        with pause, pause() is called after each token."""
         # The keys and values over the encoder states come from cross; the decoder is given a one-token stand-in
         # for the states only so that its layers run their cross-attention.
         count = prompt_ids.shape[0]
@@ -129,7 +143,8 @@ class BlipModel:
                 input_ids=prompt_ids, attention_mask=attention_mask,
                 eos_token_id=self.text_config.sep_token_id, pad_token_id=self.text_config.pad_token_id,
                 encoder_hidden_states=stand_in, encoder_attention_mask=mask,
-                past_key_values=EncoderDecoderCache(DynamicCache(), cross), **self.generation)
+                past_key_values=EncoderDecoderCache(DynamicCache(), cross),
+                stopping_criteria=StoppingCriteriaList([Pausing(pause)] if pause else []), **self.generation)
         return [text.strip() for text in self.processor.batch_decode(tokens, skip_special_tokens=True)]
 
     def decoder_cross_cache(self, states: torch.Tensor, lengths: list[int] | None = None) -> PerRequestCrossCache:
@@ -137,6 +152,18 @@ class BlipModel:
         request's own length in lengths (all of the states when None)."""
         keys, values = cross_keys_values(self.model.text_decoder.bert.encoder.layer, states)
         return PerRequestCrossCache(keys, values, lengths or [states.shape[1]] * states.shape[0])
+
+
+class Pausing(StoppingCriteria):
+    """A stopping criterion that never stops generation: after each token it calls pause(), in which other work
+    may run in the same thread (transformers' StoppingCriteria is the one hook generate() has between tokens)."""
+
+    def __init__(self, pause: Callable[[], None]):
+        self.pause = pause
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.pause()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def cross_keys_values(layers, states: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -166,18 +193,21 @@ class Captioner(BlipModel):
         length = len(self.processor.tokenizer(prompt)["input_ids"]) - 1  # [CLS] becomes BOS, [SEP] goes
         return length < self.generation.get("max_length", self.model.generation_config.max_length)
 
-    def caption_batch(self, inputs: list[np.ndarray], prompt: str | None = None) -> list[str]:
-        """Captions of several images (their model inputs) that share one prompt (or none), as one batch."""
-        embeds = self.embed(inputs)
+    def caption_batch(self, inputs: list[np.ndarray], prompt: str | None = None,
+                      pause: Callable[[], None] | None = None) -> list[str]:
+        """Captions of several images (their model inputs) that share one prompt (or none), as one batch; with
+        pause, pause() is called after each vision layer of each image and after each token (see embed)."""
+        embeds = self.embed(inputs, pause)
         count = len(inputs)
         if prompt:
             # As BlipForConditionalGeneration.generate: [CLS] becomes the decoder's BOS, the final [SEP] goes.
             tokens = self.processor.tokenizer([prompt] * count, return_tensors="pt").to(self.device)
             prompt_ids = tokens["input_ids"].clone()
             prompt_ids[:, 0] = self.text_config.bos_token_id
-            return self._decode(prompt_ids[:, :-1], tokens["attention_mask"][:, :-1], self.decoder_cross_cache(embeds))
+            return self._decode(prompt_ids[:, :-1], tokens["attention_mask"][:, :-1], self.decoder_cross_cache(embeds),
+                                pause)
         prompt_ids = torch.full((count, 1), self.text_config.bos_token_id, dtype=torch.long, device=self.device)
-        return self._decode(prompt_ids, None, self.decoder_cross_cache(embeds))
+        return self._decode(prompt_ids, None, self.decoder_cross_cache(embeds), pause)
 
 
 @dataclass

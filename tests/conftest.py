@@ -20,8 +20,11 @@ class FakeCaptioner:
     def model_input(self, image):
         return image
 
-    def caption_batch(self, images, prompt=None):
-        self.calls += [(image.mode, image.size, prompt) for image in images]
+    def caption_batch(self, images, prompt=None, pause=None):
+        for image in images:
+            self.calls.append((image.mode, image.size, prompt))
+            if pause:  # as the real one pauses between images (and layers and tokens) for a job's batch
+                pause()
         return ["a fake caption"] * len(images)
 
 

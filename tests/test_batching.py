@@ -1,6 +1,7 @@
 """The batching worker, the context cache, and the exactness of the cached and batched paths."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from PIL import Image
 from transformers import BlipForConditionalGeneration, BlipForQuestionAnswering
 
 from batcher import Batcher, QueueFull
+from conftest import FakeAnswerer, FakeCaptioner
 from errors import ModelBusy, ModelTimeout, ModelUnavailable
 from model_service import ContextCache, ModelService
 from speedups import FewRowLinear
@@ -169,6 +171,72 @@ def test_bulk_work_waits_while_people_keep_the_models_busy():
     assert run.batches.index(["item"]) > run.batches.index(["follow-up"])
 
 
+def test_a_bulk_batch_lets_the_people_it_allows_in_between_its_steps():
+    batcher, order = Batcher(max_batch=4, batch_wait=0, background_idle=0), []
+    step, go_on = threading.Event(), threading.Event()
+
+    def bulk_run(payloads):
+        for payload in payloads:
+            order.append(payload)
+            step.set()
+            assert go_on.wait(10)
+            batcher.let_people_in(lambda group: group == "answer")
+        return payloads
+
+    def person(payloads):
+        order.extend(payloads)
+        return payloads
+
+    bulk = [batcher.submit(bulk_run, "caption", f"image {index}", bulk=True) for index in range(3)]
+    assert step.wait(10)  # the bulk batch is at its first step
+    question = batcher.submit(person, "answer", "question")
+    upload = batcher.submit(person, "caption-now", "upload")  # another group: it waits for the batch's end
+    go_on.set()
+    assert question.result(10) == "question" and upload.result(10) == "upload"
+    assert [future.result(10) for future in bulk] == ["image 0", "image 1", "image 2"]
+    assert order == ["image 0", "question", "image 1", "image 2", "upload"]
+    with pytest.raises(RuntimeError):
+        batcher.let_people_in(lambda group: True)  # only inside a batch, on the worker's thread
+
+
+def test_a_question_is_answered_in_the_middle_of_a_job_s_batch():
+    captioner, answerer = PausingCaptioner(), FakeAnswerer()
+    service = ModelService(captioner, answerer, batch_wait=0, background_idle=0)
+    captioner.waiting = lambda: service.batcher.waiting() > 0
+    captioner.answered = lambda: bool(answerer.calls)
+    captions = service.caption_in_bulk(["a", "b", "c"])
+    assert captioner.first_image.wait(10)
+    answered = []
+    thread = threading.Thread(target=lambda: answered.append(service.answer("i", lambda: Image.new("RGB", (8, 8)),
+                                                                            "what?")))
+    thread.start()
+    captioner.go_on.set()
+    thread.join(10)
+    assert answered == ["a fake answer"] and [future.result(10) for future in captions] == ["caption"] * 3
+    assert captioner.answered_at == 1  # after the first image, not after the batch
+
+
+class PausingCaptioner(FakeCaptioner):
+    """Captions a batch image by image, pausing after each; the first waits until the test lets it go on."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_image, self.go_on, self.answered_at = threading.Event(), threading.Event(), None
+
+    def caption_batch(self, images, prompt=None, pause=None):
+        for index, _ in enumerate(images):
+            if index == 0:
+                self.first_image.set()
+                assert self.go_on.wait(10)
+                deadline = time.monotonic() + 10
+                while not self.waiting() and time.monotonic() < deadline:
+                    time.sleep(0.01)  # until the question is queued
+            pause()
+            if self.answered_at is None and self.answered():
+                self.answered_at = index + 1
+        return ["caption"] * len(images)
+
+
 def test_close_lets_the_running_batch_finish_and_cancels_the_rest():
     batcher, run = held(batch_wait=0)
     queued = batcher.submit(run, "a", "queued")
@@ -242,6 +310,18 @@ def test_cached_path_equals_the_baseline(tiny_models, baseline, prompt):
             got = service.answer(f"image-{index}", lambda image=image: image, question)
             assert got == baseline.answer(image, question)
     assert len(service.cache) == 3
+
+
+@pytest.mark.parametrize("prompt", [None, "a photography of"])
+def test_a_job_s_pausing_batch_equals_the_baseline_and_pauses_at_every_layer_and_token(tiny_models, baseline, prompt):
+    captioner, _ = tiny_models
+    inputs = [captioner.model_input(image) for image in IMAGES[:3]]
+    pauses = []
+    captions = captioner.caption_batch(inputs, prompt, pause=lambda: pauses.append(1))
+    assert captions == [baseline.caption(image, prompt) for image in IMAGES[:3]]
+    layers = len(captioner.model.vision_model.encoder.layers)
+    assert len(pauses) >= 3 * layers + 1  # each image's vision layers, then each token
+    assert not any(layer._forward_hooks for layer in captioner.model.vision_model.encoder.layers)  # hooks removed
 
 
 def test_batched_questions_equal_the_unbatched_ones(tiny_models, baseline):

@@ -38,11 +38,11 @@ class GatedCaptioner(FakeCaptioner):
     def open(self) -> None:
         self.let_through(10_000)
 
-    def caption_batch(self, images, prompt=None):
+    def caption_batch(self, images, prompt=None, pause=None):
         for _ in images:
             if not self.gate.acquire(timeout=WAIT):
                 raise TimeoutError("the test did not let this image through")
-        return super().caption_batch(images, prompt)
+        return super().caption_batch(images, prompt, pause)
 
 
 @pytest.fixture

@@ -143,11 +143,11 @@ def test_cancel_keeps_finished_items_then_delete_removes_the_job_and_its_images(
     gate, seen = threading.Event(), []
     original = captioner.caption_batch
 
-    def gated(images, prompt=None):
+    def gated(images, prompt=None, pause=None):
         seen.append(len(images))
         if len(seen) > 1:
             assert gate.wait(30)
-        return original(images, prompt)
+        return original(images, prompt, pause)
 
     captioner.caption_batch = gated
     app = job_app(captioner, MAX_BATCH=2)
