@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from flask import Flask
@@ -87,6 +87,8 @@ class JobRunner:
         self._closed = threading.Event()
         self._renewed_at = 0.0
         self._thread = threading.Thread(target=self._run, name="job-runner", daemon=True)
+        # A batch's files are read MAX_DECODES at a time (as uploads are), while the model runs the batch before.
+        self._decoders = ThreadPoolExecutor(app.config["MAX_DECODES"], thread_name_prefix="job-decoder")
 
     def start(self) -> None:
         """Start the thread (JOB_WORKER on)."""
@@ -102,6 +104,7 @@ class JobRunner:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
         with self.app.app_context():
@@ -139,7 +142,7 @@ class JobRunner:
         now = self.clock()
         items = self.app.extensions["history"].claim_items(
             self.worker, iso_time(now), iso_time(now + self.claim_seconds), self.batch_size)
-        works = [self._decode(item) for item in items]
+        works = list(self._decoders.map(self._decode, items))
         ready = [work for work in works if work.error is None]
         for prompt in dict.fromkeys(work.item["prompt"] for work in ready):
             same = [work for work in ready if work.item["prompt"] == prompt]
@@ -154,7 +157,7 @@ class JobRunner:
         work = Work(item)
         path = os.path.join(self.app.config["JOBS_FOLDER"], item["job_id"], item["staged"])
         try:
-            with open(path, "rb") as file:
+            with self.app.app_context(), open(path, "rb") as file:
                 work.content_sha256 = actions.sent_digest(file)
                 work.stored, work.model_input = actions.decode(file)
         except FileNotFoundError:
