@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history bench-auth bench-chat install install-dev browser \
+.PHONY: run demo test axe bench bench-speed bench-limits bench-start bench-history bench-auth bench-chat bench-jobs install install-dev browser \
 	nginx postgresql wrk
 
 # gunicorn behind nginx, which buffers slow clients (serve.py).
@@ -22,8 +22,8 @@ test: install-dev browser nginx axe postgresql
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # Every benchmark, each writing its section of BENCHMARKS.md; or one: bench-speed, bench-limits, bench-start,
-# bench-history, bench-auth, bench-chat.
-bench: bench-speed bench-limits bench-start bench-history bench-auth bench-chat
+# bench-history, bench-auth, bench-chat, bench-jobs.
+bench: bench-speed bench-limits bench-start bench-history bench-auth bench-chat bench-jobs
 
 bench-speed: install-dev
 	$(BIN)/python bench/speed.py
@@ -43,6 +43,10 @@ bench-auth: install-dev
 
 bench-chat: install-dev
 	$(BIN)/python bench/chat_turns.py
+
+# A batch job of 64 images against 64 single uploads from 4 clients, and questions while a job runs (BLIP-base size).
+bench-jobs: install-dev
+	$(BIN)/python bench/jobs.py
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
