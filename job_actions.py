@@ -49,8 +49,12 @@ def start(files, form) -> dict:
     job_id = str(uuid.uuid4())
     folder = os.path.join(config["JOBS_FOLDER"], job_id)
     limits = Limits(config["JOB_MAX_FILES"], config["JOB_MAX_MB"] << 20, config["MAX_IMAGE_BYTES"])
-    with storage.faults_told("JOBS_FOLDER", folder):
-        staged = stage_archive(archives[0].stream, folder, limits) if archives else stage_files(sent, folder, limits)
+    try:
+        with storage.faults_told("JOBS_FOLDER", folder):
+            staged = stage_archive(archives[0].stream, folder, limits) if archives else stage_files(sent, folder, limits)
+    except BaseException:  # a refused or failed job leaves nothing on disk
+        jobs.remove_staged(config["JOBS_FOLDER"], job_id)
+        raise
     moment = now()
     settled = settled_status(staged.items)  # every image was over MAX_IMAGE_BYTES: nothing to run
     job = {"job_id": job_id, "owner": owner(), "status": settled or "queued", "prompt": prompt, "prefix": prefix,

@@ -7,14 +7,14 @@ A ZIP is read with the standard library's zipfile, entry by entry, never extract
 refused with 413 past JOB_MAX_FILES entries or past JOB_MAX_MB of content, counted as it is decompressed
 (so a zip bomb's declared sizes cannot lie its way in, OWASP's "File Upload Cheat Sheet"). Entries that are
 not images (by extension and content) are skipped and listed with a reason; an image larger than
-MAX_IMAGE_BYTES becomes an item that failed. No Flask inside: the caller passes the limits.
+MAX_IMAGE_BYTES becomes an item that failed. No Flask inside: the caller passes the limits, and removes the
+job's folder when staging raises.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import stat
 import unicodedata
 import zipfile
@@ -99,12 +99,8 @@ def stage_archive(archive: BinaryIO, folder: str, limits: Limits) -> Staged:
             for entry in entries:
                 stage_entry(staged, opened, entry, limits)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as error:
-        shutil.rmtree(folder, ignore_errors=True)
         raise InvalidInput(f"the archive cannot be read as a ZIP ({error}): send a .zip file made by a usual tool",
                            code="invalid_archive") from None
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     return finished(staged)
 
 
@@ -167,9 +163,8 @@ def start(folder: str) -> Staged:
 
 
 def finished(staged: Staged) -> Staged:
-    """The stage, durable; InvalidInput (and nothing left on disk) when it holds no image."""
+    """The stage, durable; InvalidInput when it holds no image."""
     if not staged.items:
-        shutil.rmtree(staged.folder, ignore_errors=True)
         listed = "; ".join(f"{one['file_name']}: {one['reason']}" for one in staged.skipped[:5])
         raise InvalidInput("no image came with the job" + (f" ({listed})" if listed else "") +
                            ": send PNG or JPEG files in the field 'images', or a ZIP of them in 'archive'",
