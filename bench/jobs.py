@@ -361,7 +361,8 @@ def report(results: dict, items: list, weights: str, host: dict) -> None:
         "",
         f"Written by `make bench-jobs` on {time.strftime('%Y-%m-%d')}. One server for everything, as a user runs it: "
         f"gunicorn (gthread, 16 threads) on 127.0.0.1, the JSON history, the app's defaults ({settings}; bulk work "
-        "waits until no person's request has run for 0.3 s), driven over HTTP.",
+        "waits until no person's request has run for 0.3 s, and a question runs between a bulk batch's steps), "
+        "driven over HTTP.",
         "",
         f"- Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gb']} GiB; torch {host['torch']} "
         f"({host['torch_threads']} threads), transformers {host['transformers']}, Python {host['python']}; load average "
