@@ -56,6 +56,10 @@ def caption(folder: str, prefix: str | None, suffix: str | None, prompt: str | N
             layout: str) -> None:
     """Caption every image under FOLDER (recursively, hidden files and folders left out) with CAPTION_MODEL."""
     prompt = checked_prompt(prompt)
+    for option, value in (("--prefix", prefix), ("--suffix", suffix)):
+        problem = value and exports.affix_problem(value)
+        if problem:
+            raise click.UsageError(f"{option} {problem}: give it on one line")
     found = image_files(folder)
     if layout == "txt":
         names = exports.text_file_names(found)
@@ -115,7 +119,9 @@ def image_files(folder: str) -> list[str]:
         folders[:] = [name for name in folders if not name.startswith(".")]
         relative = os.path.relpath(parent, folder)
         for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+            # Regular files only (a link to one too): opening a FIFO or a device would wait for ever.
+            if (not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+                    and os.path.isfile(os.path.join(parent, name))):
                 path = name if relative == "." else os.path.join(relative, name)
                 found.append(path.replace(os.sep, "/"))
     return sorted(found)

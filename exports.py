@@ -28,17 +28,29 @@ def full_caption(caption: str, prefix: str | None = None, suffix: str | None = N
     return " ".join(part for part in (prefix, caption, suffix) if part)
 
 
+def affix_problem(value: str) -> str | None:
+    """Why a prefix or suffix cannot go into a caption: a line break or another control character (training tools
+    read a caption file's first line only); None when it can."""
+    if any(character in value for character in "\r\n\x0b\x0c\x85\u2028\u2029"):
+        return "holds a line break, and a caption is one line (training tools read only a caption file's first)"
+    if any(ord(character) < 32 or ord(character) == 127 for character in value):
+        return "holds a control character"
+    return None
+
+
 def text_file_names(file_names: Iterable[str]) -> dict[str, str]:
-    """Each image's caption file: `<stem>.txt` in the same folder; when two images share a stem there (a.png and
-    a.jpg), the later one's is `<name>.txt` (a.jpg.txt), so that no caption overwrites another."""
+    """Each image's caption file: `<stem>.txt` in the same folder; when that is taken (a.png and a.jpg, or
+    A.png and a.png on a file system that ignores case), `<name>.txt` (a.jpg.txt), then `<name>-2.txt` and so
+    on, so that no caption overwrites another wherever the files are unpacked."""
     taken: set[str] = set()
     names = {}
     for file_name in file_names:
-        wanted = posixpath.splitext(file_name)[0] + ".txt"
-        if wanted in taken:
-            wanted = file_name + ".txt"
-        taken.add(wanted)
-        names[file_name] = wanted
+        stem = posixpath.splitext(file_name)[0]
+        candidates = [stem + ".txt", file_name + ".txt"]
+        candidates += (f"{file_name}-{number}.txt" for number in range(2, len(taken) + 3))
+        chosen = next(name for name in candidates if name.casefold() not in taken)
+        taken.add(chosen.casefold())
+        names[file_name] = chosen
     return names
 
 

@@ -2,7 +2,7 @@
 
 The records (the same in the database, history_sql_jobs):
 - a job: {job_id, owner, status (queued, running, done, cancelled, failed), prompt, prefix, suffix, total,
-  skipped ({file_name, reason} of each entry that was not taken), created_at, started_at (the first claim),
+  skipped ({file_name, reason} of the first entries that were not taken), skipped_count (all of them), created_at, started_at (the first claim),
   finished_at, last_claimed_at};
 - an item: {job_id, position (0..total-1), file_name (its path in the folder, "/" between parts), staged (its
   file in JOBS_FOLDER/<job_id>/), state (pending, claimed, done, failed, cancelled), claimed_by, claimed_until,
@@ -22,7 +22,7 @@ from errors import NotFound, NotOwner
 ACTIVE = ("queued", "running")
 STATES = ("pending", "claimed", "done", "failed", "cancelled")
 JOB = {"job_id": str, "owner": str, "status": str, "total": int, "skipped": list, "created_at": str, "items": list}
-JOB_OPTIONAL = {"prompt": str, "prefix": str, "suffix": str, "started_at": str, "finished_at": str,
+JOB_OPTIONAL = {"prompt": str, "prefix": str, "suffix": str, "skipped_count": int, "started_at": str, "finished_at": str,
                 "last_claimed_at": str}
 ITEM = {"position": int, "file_name": str, "staged": str, "state": str}
 ITEM_FIELDS = ("job_id", "position", "file_name", "staged", "state", "claimed_by", "claimed_until", "caption",
@@ -84,10 +84,19 @@ def claimable(item: dict, now: str) -> bool:
 class JobsInFile:
     """The jobs' part of history.History (which provides _read and _change)."""
 
-    def add_job(self, job: dict, items: list[dict]) -> None:
-        """Keep a new job with its items (all pending)."""
+    def add_job(self, job: dict, items: list[dict], max_active: int = 0) -> bool:
+        """Keep a new job with its items; False, keeping nothing, when its owner has max_active jobs queued or
+        running already (0: no limit), counted in the same write."""
         record = {**job, "items": [dict(item) for item in items]}
-        self._change(lambda data: data["jobs"].__setitem__(job["job_id"], record))
+
+        def add(data):
+            if max_active and sum(1 for other in data["jobs"].values()
+                                  if other["owner"] == job["owner"] and other["status"] in ACTIVE) >= max_active:
+                return False
+            data["jobs"][job["job_id"]] = record
+            return True
+
+        return self._change(add)
 
     def job(self, job_id: str) -> dict:
         """One job with its counts (done, failed), without its items; NotFound if there is none."""

@@ -20,20 +20,32 @@ import sqlalchemy as sa
 from history_jobs import ACTIVE, ITEM_FIELDS, job_not_found, not_owner
 from history_tables import images, job_items, jobs, questions, record, row
 
-JOB_FIELDS = ("job_id", "owner", "status", "prompt", "prefix", "suffix", "total", "skipped", "created_at",
+JOB_FIELDS = ("job_id", "owner", "status", "prompt", "prefix", "suffix", "total", "skipped", "skipped_count",
+              "created_at",
               "started_at", "finished_at", "last_claimed_at")
 
 
 class JobsInDatabase:
     """The jobs' part of history_sql.SqlHistory (which provides _transaction and _connection)."""
 
-    def add_job(self, job: dict, items: list[dict]) -> None:
-        """Keep a new job with its items (all pending)."""
+    def add_job(self, job: dict, items: list[dict], max_active: int = 0) -> bool:
+        """Keep a new job with its items; False, keeping nothing, when its owner has max_active jobs queued or
+        running already (0: no limit), counted in the same transaction (on PostgreSQL under a lock of the
+        owner's, so that jobs sent at once by one owner are counted one after the other)."""
         with self._transaction() as db:
-            db.execute(jobs.insert(), [{name: job.get(name) for name in JOB_FIELDS}])
+            if max_active:
+                if db.dialect.name == "postgresql":
+                    db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(job["owner"]))))
+                active = db.execute(sa.select(sa.func.count()).select_from(jobs).where(
+                    jobs.c.owner == job["owner"], jobs.c.status.in_(ACTIVE))).scalar()
+                if active >= max_active:
+                    return False
+            db.execute(jobs.insert(), [{name: job.get(name) for name in JOB_FIELDS} | {
+                "skipped_count": job.get("skipped_count", len(job["skipped"]))}])
             for start in range(0, len(items), 1000):
                 db.execute(job_items.insert(), [{name: item.get(name) for name in ITEM_FIELDS} | {"job_id": job["job_id"]}
                                                 for item in items[start : start + 1000]])
+        return True
 
     def job(self, job_id: str) -> dict:
         """One job with its counts (done, failed), without its items; NotFound if there is none."""

@@ -95,7 +95,8 @@ jobs = sa.Table(
     sa.Column("prefix", sa.Text),
     sa.Column("suffix", sa.Text),
     sa.Column("total", sa.Integer, nullable=False),
-    sa.Column("skipped", sa.JSON, nullable=False),  # archive entries that were not images
+    sa.Column("skipped", sa.JSON, nullable=False),  # the first entries that were not taken, with why
+    sa.Column("skipped_count", sa.Integer, nullable=False),  # all of them
     sa.Column("created_at", sa.String, nullable=False),
     sa.Column("started_at", sa.String),  # the first claim, from which eta_s reckons the rate
     sa.Column("finished_at", sa.String),

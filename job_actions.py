@@ -36,8 +36,7 @@ def start(files, form) -> dict:
     """
     config = current_app.config
     prompt = field_checks.text(form, "prompt", max_length=actions.MAX_PROMPT, required=False)
-    prefix = field_checks.text(form, "prefix", max_length=MAX_AFFIX, required=False)
-    suffix = field_checks.text(form, "suffix", max_length=MAX_AFFIX, required=False)
+    prefix, suffix = affix(form, "prefix"), affix(form, "suffix")
     service("models").check_caption(prompt)
     sent, archives = files.getlist("images"), files.getlist("archive")
     if bool(sent) == bool(archives) or len(archives) > 1:
@@ -58,10 +57,12 @@ def start(files, form) -> dict:
     moment = now()
     settled = settled_status(staged.items)  # every image was over MAX_IMAGE_BYTES: nothing to run
     job = {"job_id": job_id, "owner": owner(), "status": settled or "queued", "prompt": prompt, "prefix": prefix,
-           "suffix": suffix, "total": len(staged.items), "skipped": staged.skipped, "created_at": moment,
+           "suffix": suffix, "total": len(staged.items), "skipped": staged.skipped,
+           "skipped_count": staged.skipped_count, "created_at": moment,
            "finished_at": moment if settled else None}
     try:
-        service("history").add_job(job, staged.items)
+        if not service("history").add_job(job, staged.items, config["JOBS_PER_ACCOUNT"]):
+            raise too_many_jobs(config["JOBS_PER_ACCOUNT"])  # others of the caller's came while these files did
     except BaseException:
         jobs.remove_staged(config["JOBS_FOLDER"], job_id)
         raise
@@ -69,14 +70,27 @@ def start(files, form) -> dict:
     return service("history").job(job_id)
 
 
+def affix(form, name: str) -> str | None:
+    """The prefix or suffix, checked: text of at most MAX_AFFIX characters on one line."""
+    value = field_checks.text(form, name, max_length=MAX_AFFIX, required=False)
+    problem = value and exports.affix_problem(value)
+    if problem:
+        raise InvalidInput(f"'{name}' {problem}: send it on one line", code=f"invalid_{name}")
+    return value
+
+
 def check_room() -> None:
-    """Refuse a job past the JOBS_PER_ACCOUNT the caller may have queued or running at once (0: no limit)."""
+    """Refuse a job past the JOBS_PER_ACCOUNT the caller may have queued or running at once (0: no limit), before
+    its files are read; add_job counts again as it keeps the job, in the same write."""
     limit = current_app.config["JOBS_PER_ACCOUNT"]
-    running = service("history").active_jobs(owner()) if limit else 0
-    if limit and running >= limit:
-        raise QuotaExceeded(f"{running} of your jobs are queued or running, the most at once (JOBS_PER_ACCOUNT): "
-                            "wait for one to finish, or cancel one with DELETE /jobs/<job_id>",
-                            code="too_many_jobs", headers={"Retry-After": "30"})
+    if limit and service("history").active_jobs(owner()) >= limit:
+        raise too_many_jobs(limit)
+
+
+def too_many_jobs(limit: int) -> QuotaExceeded:
+    return QuotaExceeded(f"you have {limit} jobs queued or running, the most at once (JOBS_PER_ACCOUNT): wait for "
+                         "one to finish, or cancel one with POST /jobs/<job_id>/cancel", code="too_many_jobs",
+                         headers={"Retry-After": "30"})
 
 
 def readable(job_id: str) -> dict:
@@ -99,6 +113,7 @@ def view(job: dict, clock=time.time) -> dict:
             "failed": job["failed"], "eta_s": eta, "created_at": job["created_at"],
             "started_at": job.get("started_at"), "finished_at": job.get("finished_at"), "prompt": job.get("prompt"),
             "prefix": job.get("prefix"), "suffix": job.get("suffix"), "skipped": job["skipped"],
+            "skipped_count": job.get("skipped_count", len(job["skipped"])),
             "status_url": url_for("jobs.job", job_id=job["job_id"]),
             "items_url": url_for("jobs.items", job_id=job["job_id"])}
 

@@ -18,6 +18,7 @@ import posixpath
 import stat
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -31,6 +32,8 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", "
                     ".heic", ".heif", ".avif"}
 CHUNK = 1 << 20
 MAX_NAME = 1000  # characters of a file's path inside the job
+MAX_SKIPPED_LISTED = 100
+MAX_SKIPPED_NAME = 200
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Staged:
     items: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     names: set[str] = field(default_factory=set)  # the file names taken, for telling a repeated one
+    skipped_count: int = 0
     bytes: int = 0
 
 
@@ -110,13 +114,33 @@ def stage_entry(staged: Staged, opened: zipfile.ZipFile, entry: zipfile.ZipInfo,
         return
     kind = stat.S_IFMT(entry.external_attr >> 16)
     if kind and kind != stat.S_IFREG:
-        return skip(staged, entry.filename, "not a regular file (a link or a device)")
+        return skip(staged, entry_name(entry), "not a regular file (a link or a device)")
     if entry.flag_bits & 0x1:
-        return skip(staged, entry.filename, "encrypted")
-    if entry.filename.startswith("__MACOSX/"):
-        return skip(staged, entry.filename, "macOS resource data, not an image")
-    with opened.open(entry) as stream:
-        stage_one(staged, entry.filename, stream, limits)
+        return skip(staged, entry_name(entry), "encrypted")
+    name = entry_name(entry)
+    if name.startswith("__MACOSX/"):
+        return skip(staged, name, "macOS resource data, not an image")
+    try:
+        with opened.open(entry) as stream:
+            stage_one(staged, name, stream, limits)
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as error:
+        for item in [item for item in staged.items if item["file_name"] == name]:  # half written: not an item
+            staged.items.remove(item)
+            os.unlink(os.path.join(staged.folder, item["staged"]))
+        staged.names.discard(name)
+        skip(staged, name, f"damaged in the archive ({error})")
+
+
+def entry_name(entry: zipfile.ZipInfo) -> str:
+    """An entry's path as its maker meant it: UTF-8 where the ZIP flags it (bit 11), and where it does not but the
+    bytes are UTF-8 all the same (Info-ZIP's zip and macOS's Archive Utility write UTF-8 without the flag;
+    zipfile then reads the bytes as CP437, as the format's first specification says)."""
+    if entry.flag_bits & 0x800:
+        return entry.filename
+    try:
+        return entry.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return entry.filename
 
 
 def stage_one(staged: Staged, given: str, stream: BinaryIO, limits: Limits) -> None:
@@ -126,8 +150,8 @@ def stage_one(staged: Staged, given: str, stream: BinaryIO, limits: Limits) -> N
         return skip(staged, given, "its path is absolute, leads outside the folder (..), or is hidden")
     if name in staged.names:
         return skip(staged, name, "the same path came twice; the first was kept")
-    head = stream.read(CHUNK)
-    if not looks_like_image(name, head[: images.HEAD_BYTES]):
+    head = stream.read(images.HEAD_BYTES)  # all that is read of an entry that is skipped
+    if not looks_like_image(name, head):
         return skip(staged, name, "not an image")
     position = len(staged.items)
     path = os.path.join(staged.folder, str(position))
@@ -154,7 +178,11 @@ def stage_one(staged: Staged, given: str, stream: BinaryIO, limits: Limits) -> N
 
 
 def skip(staged: Staged, name: str, reason: str) -> None:
-    staged.skipped.append({"file_name": name[:MAX_NAME], "reason": reason})
+    """List an entry as skipped: the first MAX_SKIPPED_LISTED, each name cut to MAX_SKIPPED_NAME characters;
+    the others only counted (a job's record is read at every poll)."""
+    staged.skipped_count += 1
+    if len(staged.skipped) < MAX_SKIPPED_LISTED:
+        staged.skipped.append({"file_name": name[:MAX_SKIPPED_NAME], "reason": reason})
 
 
 def start(folder: str) -> Staged:
@@ -177,7 +205,7 @@ def finished(staged: Staged) -> Staged:
     return staged
 
 
-def too_many_files(count: int, limit: int) -> ImageTooLarge:
+def too_many_files(count: int | str, limit: int) -> ImageTooLarge:
     return ImageTooLarge(f"the job holds {count} files; a job may hold {limit} (JOB_MAX_FILES): split the folder "
                          "into several jobs", code="too_many_files")
 

@@ -7,7 +7,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 import field_checks
 import job_actions
 from api import PAGE_LIMIT
-from job_files import too_many_bytes
+from guards import error_response
+from job_files import too_many_bytes, too_many_files
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -25,7 +26,12 @@ def room_for_a_job():
 
 @bp.errorhandler(RequestEntityTooLarge)
 def job_too_large(error):
-    raise too_many_bytes(current_app.config["JOB_MAX_MB"] << 20)
+    # werkzeug says the same for a body over max_content_length and for more parts than max_form_parts.
+    config = current_app.config
+    over = (request.content_length or 0) > request.max_content_length
+    refusal = too_many_bytes(config["JOB_MAX_MB"] << 20) if over else too_many_files(
+        f"more than {config['JOB_MAX_FILES']}", config["JOB_MAX_FILES"])
+    return error_response(refusal.status, refusal.code, refusal.message)
 
 
 @bp.post("")

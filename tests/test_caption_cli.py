@@ -211,3 +211,17 @@ def test_the_real_flask_command(tiny_blip, folder, tmp_path):
     assert "failed: sub/bad.png: " in done.stderr and "Traceback" not in done.stderr
     with open(folder / "metadata.csv", encoding="utf-8", newline="") as file:
         assert [row["file_name"] for row in csv.DictReader(file)] == GOOD
+
+
+def test_a_fifo_or_device_named_like_an_image_is_left_out_not_waited_for(run, folder):
+    os.mkfifo(folder / "sub" / "pipe.png")
+    result = run(folder)
+    assert result.exit_code == 0, result.output
+    assert last_line(result) == "3 captioned, 0 skipped, 0 failed"
+    assert "sub/pipe.txt" not in files_under(folder)
+
+
+def test_a_prefix_on_two_lines_is_refused_before_any_model_loads(run, folder):
+    result = run(folder, "--prefix", "sks\nphoto")
+    assert result.exit_code == 2 and "--prefix holds a line break" in result.output
+    assert not [name for name in files_under(folder) if name.endswith(".txt")]

@@ -441,3 +441,16 @@ def test_the_jobs_migration_downgrades_to_the_history_alone_and_upgrades_again(d
         assert store.job("j1")["total"] == 1 and store.image("old")["owner"] == "u1"
     finally:
         store.close()
+
+
+def test_a_job_past_max_active_is_not_kept(store):
+    items = [{"position": 0, "file_name": "a.png", "staged": "0", "state": "pending"}]
+    assert store.add_job(job_record("j1", total=1), items, max_active=2)
+    assert store.add_job(job_record("j2", total=1), items, max_active=2)
+    assert not store.add_job(job_record("j3", total=1), items, max_active=2)
+    assert store.add_job(job_record("other", owner="someone else", total=1), items, max_active=2)
+    with pytest.raises(NotFound):
+        store.job("j3")
+    store.cancel_job("j1", "me", at(1))
+    assert store.add_job(job_record("j4", total=1), items, max_active=2)  # a finished job leaves room
+    assert store.add_job(job_record("j5", total=1), items)  # 0: no limit

@@ -320,3 +320,76 @@ def test_cancel_never_deletes_a_job_that_has_ended(job_app):
     assert client.get(f"/jobs/{job_id}").get_json()["done"] == 1
     assert client.get("/history").get_json()["total_images"] == 1
     assert app.test_client().post(f"/jobs/{job_id}/cancel").status_code == 403  # another session
+
+
+def test_a_body_over_the_limits_is_a_413_that_says_which(job_app):
+    app = job_app(JOB_MAX_MB=1, JOB_MAX_FILES=50, JOB_WORKER=False)
+    client = app.test_client()
+    big = client.post("/jobs", data={"images": [(io.BytesIO(bytes(2 << 20)), "a.png")]})
+    assert (big.status_code, big.get_json()["code"]) == (413, "job_too_large")
+    parts = client.post("/jobs", data={"images": [(io.BytesIO(PNG), f"{i}.png") for i in range(120)]})
+    assert (parts.status_code, parts.get_json()["code"]) == (413, "too_many_files")
+    assert client.get("/jobs").get_json()["total"] == 0
+
+
+def test_jobs_sent_at_once_stay_within_jobs_per_account(job_app):
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = job_app(JOBS_PER_ACCOUNT=2, JOB_WORKER=False)
+    client = app.test_client()
+    client.get("/jobs")  # the session, shared by the requests below
+    cookie = client.get_cookie("session")
+
+    def send(_):
+        sender = app.test_client()
+        sender.set_cookie(cookie.key, cookie.value)
+        return sender.post("/jobs", data={"images": [(io.BytesIO(PNG), "a.png")]}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, range(8)))
+    assert sorted(statuses) == [202, 202] + [429] * 6
+    assert client.get("/jobs").get_json()["total"] == 2
+    assert len(os.listdir(app.config["JOBS_FOLDER"])) == 2  # the refused ones left no files
+
+
+def test_a_zip_s_skipped_entries_are_listed_up_to_a_hundred_and_counted(job_app):
+    app = job_app(JOB_WORKER=False)
+    client = app.test_client()
+    entries = {f"notes/{index}.txt": b"text" for index in range(150)} | {"a.png": PNG}
+    job = client.post("/jobs", data={"archive": (archive(entries), "a.zip")}).get_json()
+    assert (job["total"], len(job["skipped"]), job["skipped_count"]) == (1, 100, 150)
+    assert client.get(f"/jobs/{job['job_id']}").get_json()["skipped_count"] == 150
+
+
+class InfoZipEntry(zipfile.ZipInfo):
+    """An entry named in UTF-8 without the UTF-8 flag, as Info-ZIP's zip and macOS's Archive Utility write them."""
+
+    def _encodeFilenameFlags(self):
+        return self.filename.encode("utf-8"), self.flag_bits
+
+
+def test_names_in_utf_8_without_the_zip_s_flag_are_read_as_meant_and_a_damaged_entry_is_skipped(job_app):
+    app = job_app()
+    client = app.test_client()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as opened:
+        opened.writestr(InfoZipEntry("写真/фото.png"), PNG)
+        opened.writestr("ok.png", PNG)
+        opened.writestr("broken.png", PNG)
+    data = bytearray(buffer.getvalue())
+    at = data.index(PNG, data.index(b"broken.png"))  # the third entry's content, stored: a CRC that fails
+    data[at + 20] ^= 0xFF
+    job = client.post("/jobs", data={"archive": (io.BytesIO(bytes(data)), "a.zip")}).get_json()
+    assert job["total"] == 2
+    assert [entry["file_name"] for entry in job["skipped"]] == ["broken.png"]
+    assert "damaged" in job["skipped"][0]["reason"]
+    finished(client, job["job_id"])
+    names = [item["file_name"] for item in client.get(f"/jobs/{job['job_id']}/items").get_json()["items"]]
+    assert names == ["写真/фото.png", "ok.png"]
+
+
+@pytest.mark.parametrize("field", ["prefix", "suffix"])
+def test_a_prefix_or_suffix_stays_on_one_line(job_app, field):
+    client = job_app(JOB_WORKER=False).test_client()
+    refused = client.post("/jobs", data={"images": [(io.BytesIO(PNG), "a.png")], field: "sks\nphoto"})
+    assert (refused.status_code, refused.get_json()["code"]) == (400, f"invalid_{field}")

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("suffix", sa.Text),
         sa.Column("total", sa.Integer, nullable=False),
         sa.Column("skipped", sa.JSON, nullable=False),
+        sa.Column("skipped_count", sa.Integer, nullable=False),
         sa.Column("created_at", sa.String, nullable=False),
         sa.Column("started_at", sa.String),
         sa.Column("finished_at", sa.String),
