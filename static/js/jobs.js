@@ -51,13 +51,14 @@ function ending(job) {
   return `Captioning failed: ${job.done} of ${plural(job.total, "image")} captioned`;
 }
 
-const skippedName = (entry) => (typeof entry === "string" ? entry : `${entry.file_name} (${entry.reason})`);
+const skippedName = (entry) => `${entry.file_name} (${entry.reason})`;
 
 function skippedText(job) {
   const skipped = job.skipped || [];
-  if (!skipped.length) return "";
+  const count = job.skipped_count ?? skipped.length;  // the server lists the first 100 and counts them all
+  if (!count) return "";
   const shown = skipped.slice(0, 5).map(skippedName).join("; ");
-  return `${plural(skipped.length, "file")} skipped: ${shown}${skipped.length > 5 ? "; …" : ""}`;
+  return `${plural(count, "file")} skipped: ${shown}${count > 5 ? "; …" : ""}`;
 }
 
 // Sends the form with the upload's progress, which fetch cannot report: {status, body, retry}.
