@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import images
 from errors import ImageTooLarge, InvalidInput
-from field_checks import NOT_IN_NAMES
+from field_checks import NOT_IN_NAMES, given_name
 
 # Extensions of image files: an entry with one is an item (a format the captioner cannot read fails with
 # its reason, as an upload would); others are items only when their first bytes are a known image format.
@@ -58,14 +58,16 @@ class Staged:
 
 
 def safe_name(name: str) -> str | None:
-    """A file's path as the job keeps it ("/" between parts), or None when it could lead outside the job:
-    absolute, a drive, `..`, a hidden part, control or invisible characters, or empty."""
+    """A file's path as the job keeps it ("/" between parts), or None when it could lead outside the job or could
+    not be unpacked: absolute, a drive, `..` (also as fullwidth dots), a hidden part, a part over 255 bytes,
+    control or invisible characters, or empty."""
     name = unicodedata.normalize("NFC", name.replace("\\", "/"))
     if not name or len(name) > MAX_NAME or NOT_IN_NAMES.search(name) or name.startswith("/"):
         return None
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if not parts or (len(parts[0]) == 2 and parts[0][1] == ":") or any(
-            part == ".." or part.startswith(".") for part in parts):
+            part.startswith(".") or unicodedata.normalize("NFKC", part).startswith(".")  # "．．" is ".." to some
+            or len(part.encode("utf-8")) > 255 for part in parts):  # no file system takes a longer name
         return None
     return "/".join(parts)
 
@@ -84,7 +86,7 @@ def stage_files(files: list, folder: str, limits: Limits) -> Staged:
         raise too_many_files(len(files), limits.max_files)
     staged = start(folder)
     for number, sent in enumerate(files, 1):
-        given = sent.filename or f"image-{number}"
+        given = given_name(sent) or f"image-{number}"  # RFC 6266's filename* first, as uploads read it
         stage_one(staged, given, sent.stream, limits)
     return finished(staged)
 

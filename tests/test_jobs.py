@@ -393,3 +393,10 @@ def test_a_prefix_or_suffix_stays_on_one_line(job_app, field):
     client = job_app(JOB_WORKER=False).test_client()
     refused = client.post("/jobs", data={"images": [(io.BytesIO(PNG), "a.png")], field: "sks\nphoto"})
     assert (refused.status_code, refused.get_json()["code"]) == (400, f"invalid_{field}")
+
+
+def test_names_that_could_not_be_unpacked_are_skipped(job_app):
+    client = job_app(JOB_WORKER=False).test_client()
+    sent = archive({"ok.png": PNG, "．．/up.png": PNG, ("x" * 300) + ".png": PNG})
+    job = client.post("/jobs", data={"archive": (sent, "a.zip")}).get_json()
+    assert job["total"] == 1 and job["skipped_count"] == 2
