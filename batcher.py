@@ -154,10 +154,7 @@ class Batcher:
                 first = next((job for job in self._interactive if allowed(job.group)), None)
                 if first is None:
                     return
-                batch = [job for job in self._interactive if job.group == first.group][: self.max_batch]
-                for job in batch:
-                    self._interactive.remove(job)
-                started = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                started = self._start(self._interactive, self._companions(self._interactive, first))
             if started:
                 self._run(started)
 
@@ -170,14 +167,12 @@ class Batcher:
                 self._drop_cancelled()
                 if self._interactive:
                     first = self._interactive[0]
-                    batch = [job for job in self._interactive if job.group == first.group][: self.max_batch]
+                    batch = self._companions(self._interactive, first)
                     wait = first.queued_at + self.batch_wait - self.clock()
                     if len(batch) < self.max_batch and wait > 0:
                         self._changed.wait(wait)  # a moment for companions arriving together
                         continue
-                    for job in batch:
-                        self._interactive.remove(job)
-                    started = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                    started = self._start(self._interactive, batch)
                     if started:
                         return started
                     continue
@@ -191,15 +186,22 @@ class Batcher:
                         if job.future.set_running_or_notify_cancel():
                             return [job]
                         continue
-                    first = self._bulk[0]
-                    batch = [job for job in self._bulk if job.group == first.group][: self.max_batch]
-                    for job in batch:
-                        self._bulk.remove(job)
-                    started = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                    started = self._start(self._bulk, self._companions(self._bulk, self._bulk[0]))
                     if started:
                         return started
                     continue
                 self._changed.wait()
+
+    def _companions(self, queue: deque[Job], first: Job) -> list[Job]:
+        """The batch first leads: the queued jobs of its group, oldest first, at most max_batch."""
+        return [job for job in queue if job.group == first.group][: self.max_batch]
+
+    @staticmethod
+    def _start(queue: deque[Job], batch: list[Job]) -> list[Job]:
+        """Take a batch out of its queue and start it; those cancelled meanwhile are left out."""
+        for job in batch:
+            queue.remove(job)
+        return [job for job in batch if job.future.set_running_or_notify_cancel()]
 
     def _drop_cancelled(self) -> None:
         for queue in (self._interactive, self._background, self._bulk):
