@@ -11,6 +11,7 @@ import math
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Callable
 
 from flask import current_app, session, url_for
@@ -286,9 +287,26 @@ def readable(kind: str, key: str) -> dict:
     another's is refused as NotFound, as an id that does not exist is, so that no one learns which ids exist."""
     history = service("history")
     record = history.image(key) if kind == "images" else history.generation(key)
-    if current_app.config["AUTH_ON"] and record["owner"] != owner() and not signed_in_admin():
+    if not may_read(record):
         raise not_found(kind, key)
     return record
+
+
+def may_read(record: dict) -> bool:
+    """Whether the caller may read a record of someone's (an image, a generation, a batch job): with AUTH off
+    anyone who has its id; with AUTH on its owner, or an admin."""
+    return not current_app.config["AUTH_ON"] or record["owner"] == owner() or signed_in_admin()
+
+
+@contextmanager
+def others_hidden(refusal: NotFound):
+    """Within the block, another's record (NotOwner, 403) is, with AUTH on, refused as one that does not exist."""
+    try:
+        yield
+    except NotOwner:
+        if current_app.config["AUTH_ON"]:
+            raise refusal from None
+        raise
 
 
 def signed_in_admin() -> bool:
@@ -313,12 +331,8 @@ def delete_generation(generation_id: str) -> None:
 
 def deleted(kind: str, key: str) -> dict:
     """Remove one of the caller's records and return it; with AUTH on, another account's is NotFound (not 403)."""
-    try:
+    with others_hidden(not_found(kind, key)):
         return service("history").delete(kind, key, owner())
-    except NotOwner:
-        if current_app.config["AUTH_ON"]:
-            raise not_found(kind, key) from None
-        raise
 
 
 def clear_history() -> int:

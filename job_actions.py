@@ -8,7 +8,6 @@ AUTH off, anyone who has its id, while only the session that made it may cancel 
 import os
 import time
 import uuid
-from contextlib import contextmanager
 
 from flask import current_app, url_for
 
@@ -18,7 +17,7 @@ import field_checks
 import jobs
 import storage
 from actions import now, owner, service
-from errors import InvalidInput, NotOwner, QuotaExceeded
+from errors import InvalidInput, QuotaExceeded
 from history import parse_time
 from history_jobs import ACTIVE, job_not_found, settled_status
 from job_files import Limits, stage_archive, stage_files
@@ -96,7 +95,7 @@ def too_many_jobs(limit: int) -> QuotaExceeded:
 def readable(job_id: str) -> dict:
     """A job the caller may see (with its counts); another account's is NotFound, as an id that does not exist."""
     job = service("history").job(job_id)
-    if current_app.config["AUTH_ON"] and job["owner"] != owner() and not actions.signed_in_admin():
+    if not actions.may_read(job):
         raise job_not_found(job_id)
     return job
 
@@ -138,9 +137,9 @@ def cancel_or_delete(job_id: str) -> dict:
     """DELETE /jobs/<id>: cancel a queued or running job of the caller's (the items finished stay), or delete a
     finished one with its images; {"job": view} after a cancel, {"deleted": job_id, "images": n} after a delete."""
     if active(readable(job_id)):
-        return cancel(job_id)
+        return cancelled(job_id)
     config = current_app.config
-    with own_job(job_id), storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
+    with actions.others_hidden(job_not_found(job_id)), storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
         _, made = service("history").delete_job(job_id, owner())
         actions.forget_files(made)
     jobs.remove_staged(config["JOBS_FOLDER"], job_id)
@@ -151,21 +150,15 @@ def cancel(job_id: str) -> dict:
     """Cancel a queued or running job of the caller's (the items finished stay): {"job": view}. A job that has
     ended is left as it is, never deleted (so a late Cancel cannot delete what it meant to stop)."""
     readable(job_id)
-    with own_job(job_id):
+    return cancelled(job_id)
+
+
+def cancelled(job_id: str) -> dict:
+    """Cancel a job the caller may read (cancel_job leaves an ended one as it is): {"job": view}."""
+    with actions.others_hidden(job_not_found(job_id)):
         job = service("history").cancel_job(job_id, owner(), now())
     jobs.remove_staged(current_app.config["JOBS_FOLDER"], job_id)  # what waits for an ended job is not needed
     return {"job": view(job)}
-
-
-@contextmanager
-def own_job(job_id: str):
-    """Another's job is NotOwner (403) with AUTH off, and with AUTH on NotFound (404), as an id that does not exist."""
-    try:
-        yield
-    except NotOwner:
-        if current_app.config["AUTH_ON"]:
-            raise job_not_found(job_id) from None
-        raise
 
 
 def export(job_id: str, format_: str | None) -> tuple[bytes, str, str]:
