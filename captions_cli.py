@@ -24,13 +24,10 @@ from tqdm import tqdm
 import exports
 import images
 import storage
+from actions import MAX_PROMPT
 from errors import AppError, SettingError
 from field_checks import NOT_TEXT
 
-# What a person keeps pictures as. Only PNG and JPEG (judged by content, as uploads are) can be captioned; a file
-# of another format under these names fails with the upload's reason, so that none is passed over without a word.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-MAX_PROMPT = 200  # as an upload's prompt (actions.MAX_PROMPT)
 # Disk faults that every later write would meet too: the run stops at the first.
 STOPPING_FAULTS = storage.NO_SPACE | {errno.EROFS}
 METADATA_NAMES = {"jsonl": exports.JSONL_NAME, "csv": exports.CSV_NAME}
@@ -120,7 +117,7 @@ def image_files(folder: str) -> list[str]:
         relative = os.path.relpath(parent, folder)
         for name in files:
             # Regular files only (a link to one too): opening a FIFO or a device would wait for ever.
-            if (not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+            if (not name.startswith(".") and os.path.splitext(name)[1].lower() in images.IMAGE_EXTENSIONS
                     and os.path.isfile(os.path.join(parent, name))):
                 path = name if relative == "." else os.path.join(relative, name)
                 found.append(path.replace(os.sep, "/"))

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"PNG": ("image/png", ".png"), "JPEG": ("image/jpeg", ".jpg")}
 MIME_TYPES = {extension: mime_type for mime_type, extension in FORMATS.values()}
+# What people keep pictures as: a file named so is taken as an image by a batch job and the caption command, and
+# one of a format other than PNG or JPEG fails with its reason, as an upload would, rather than being passed over.
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                    ".heic", ".heif", ".avif"}
 JPEG_QUALITY = 95
 
 

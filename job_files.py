@@ -26,10 +26,6 @@ import images
 from errors import ImageTooLarge, InvalidInput
 from field_checks import NOT_IN_NAMES, given_name
 
-# Extensions of image files: an entry with one is an item (a format the captioner cannot read fails with
-# its reason, as an upload would); others are items only when their first bytes are a known image format.
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-                    ".heic", ".heif", ".avif"}
 CHUNK = 1 << 20
 MAX_NAME = 1000  # characters of a file's path inside the job
 MAX_SKIPPED_LISTED = 100
@@ -74,7 +70,7 @@ def safe_name(name: str) -> str | None:
 
 def looks_like_image(name: str, head: bytes) -> bool:
     """Whether an entry is an image by its extension, or else by its first bytes."""
-    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS or images.sniff(head) is not None
+    return posixpath.splitext(name)[1].lower() in images.IMAGE_EXTENSIONS or images.sniff(head) is not None
 
 
 def stage_files(files: list, folder: str, limits: Limits) -> Staged:
