@@ -202,7 +202,8 @@ class Accounts:
     def start_session(self, user_id: str) -> str:
         """A new sign-in session's token (for the cookie); the store keeps only its hash."""
         token = secrets.token_urlsafe(32)
-        self.store.add_session({"session_hash": hashed(token), "user_id": user_id, "created_at": iso_time(self.clock())})
+        self.store.add_session({"session_hash": hashed(token), "user_id": user_id,
+                                "created_at": iso_time(self.clock())})
         return token
 
     def end_session(self, token: str) -> None:

@@ -5,9 +5,10 @@ at most max_batch. Interactive jobs (a person's request) run first, oldest first
 job has run for background_idle seconds do the others run: background jobs (an upload's question context)
 one at a time, newest first, then bulk jobs (a batch job's captions) in batches, oldest first. So a running
 batch job holds up a person by one batch at most; and a bulk batch may let people's batches run inside it,
-between its steps (let_people_in), so that a question waits for one step of it. A person's job past max_queue is refused, a background
-job past max_background pushes out the oldest one; bulk jobs are bounded by their one submitter (the job
-runner keeps two batches queued at most). A job whose caller gave up is dropped before it runs.
+between its steps (let_people_in), so that a question waits for one step of it. A person's job past
+max_queue is refused, a background job past max_background pushes out the oldest one; bulk jobs are
+bounded by their one submitter (the job runner keeps two batches queued at most). A job whose caller gave up
+is dropped before it runs.
 """
 
 import atexit

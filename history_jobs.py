@@ -2,7 +2,8 @@
 
 The records (the same in the database, history_sql_jobs):
 - a job: {job_id, owner, status (queued, running, done, cancelled, failed), prompt, prefix, suffix, total,
-  skipped ({file_name, reason} of the first entries that were not taken), skipped_count (all of them), created_at, started_at (the first claim),
+  skipped ({file_name, reason} of the first entries that were not taken), skipped_count (all of them),
+  created_at, started_at (the first claim),
   finished_at, last_claimed_at};
 - an item: {job_id, position (0..total-1), file_name (its path in the folder, "/" between parts), staged (its
   file in JOBS_FOLDER/<job_id>/), state (pending, claimed, done, failed, cancelled), claimed_by, claimed_until,
@@ -20,10 +21,9 @@ import copy
 from errors import NotFound, NotOwner
 
 ACTIVE = ("queued", "running")
-STATES = ("pending", "claimed", "done", "failed", "cancelled")
 JOB = {"job_id": str, "owner": str, "status": str, "total": int, "skipped": list, "created_at": str, "items": list}
-JOB_OPTIONAL = {"prompt": str, "prefix": str, "suffix": str, "skipped_count": int, "started_at": str, "finished_at": str,
-                "last_claimed_at": str}
+JOB_OPTIONAL = {"prompt": str, "prefix": str, "suffix": str, "skipped_count": int, "started_at": str,
+                "finished_at": str, "last_claimed_at": str}
 ITEM = {"position": int, "file_name": str, "staged": str, "state": str}
 ITEM_FIELDS = ("job_id", "position", "file_name", "staged", "state", "claimed_by", "claimed_until", "caption",
                "error", "image_id", "finished_at")  # as the stores hand an item out, absent ones None

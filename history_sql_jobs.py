@@ -43,8 +43,8 @@ class JobsInDatabase:
             db.execute(jobs.insert(), [{name: job.get(name) for name in JOB_FIELDS} | {
                 "skipped_count": job.get("skipped_count", len(job["skipped"]))}])
             for start in range(0, len(items), 1000):
-                db.execute(job_items.insert(), [{name: item.get(name) for name in ITEM_FIELDS} | {"job_id": job["job_id"]}
-                                                for item in items[start : start + 1000]])
+                db.execute(job_items.insert(), [{name: item.get(name) for name in ITEM_FIELDS}
+                                                | {"job_id": job["job_id"]} for item in items[start : start + 1000]])
         return True
 
     def job(self, job_id: str) -> dict:

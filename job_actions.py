@@ -49,7 +49,8 @@ def start(files, form) -> dict:
     limits = Limits(config["JOB_MAX_FILES"], config["JOB_MAX_MB"] << 20, config["MAX_IMAGE_BYTES"])
     try:
         with storage.faults_told("JOBS_FOLDER", folder):
-            staged = stage_archive(archives[0].stream, folder, limits) if archives else stage_files(sent, folder, limits)
+            staged = (stage_archive(archives[0].stream, folder, limits) if archives
+                      else stage_files(sent, folder, limits))
     except BaseException:  # a refused or failed job leaves nothing on disk
         jobs.remove_staged(config["JOBS_FOLDER"], job_id)
         raise

@@ -119,7 +119,8 @@ class BlipModel:
         (a person's work may run there); the vision model gains little from batching on a CPU.
         """
         if pause is not None:
-            hooks = [layer.register_forward_hook(lambda *_: pause()) for layer in self.model.vision_model.encoder.layers]
+            layers = self.model.vision_model.encoder.layers
+            hooks = [layer.register_forward_hook(lambda *_: pause()) for layer in layers]
             try:
                 return torch.cat([self.embed([one]) for one in inputs])
             finally:

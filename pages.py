@@ -19,8 +19,8 @@ GALLERY_PAGE = 12
 
 @bp.app_context_processor
 def page_globals():
-    return {"csrf_token": csrf_token, "account": signed_in_account(), "demo": current_app.config["DEMO"], "demo_notice": settings.DEMO_NOTICE,
-            "missing": missing_models()}
+    return {"csrf_token": csrf_token, "account": signed_in_account(), "demo": current_app.config["DEMO"],
+            "demo_notice": settings.DEMO_NOTICE, "missing": missing_models()}
 
 
 def signed_in_account():

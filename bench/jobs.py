@@ -365,7 +365,8 @@ def report(results: dict, items: list, weights: str, host: dict) -> None:
         "driven over HTTP.",
         "",
         f"- Machine: {host['cpu']}, {host['cores']} cores, {host['memory_gb']} GiB; torch {host['torch']} "
-        f"({host['torch_threads']} threads), transformers {host['transformers']}, Python {host['python']}; load average "
+        f"({host['torch_threads']} threads), transformers {host['transformers']}, Python {host['python']}; "
+        "load average "
         f"(1 min) at the start and the end: {host['load'][0]:.1f}, {host['load'][1]:.1f} (other work shares the cores)",
         f"- Models: {weights}; fp32 on the CPU; captions {GENERATION['CAPTION_NUM_BEAMS']} beams and exactly "
         f"{GENERATION['CAPTION_MAX_LENGTH']} tokens, answers {GENERATION['VQA_NUM_BEAMS']} beams and exactly "

@@ -21,7 +21,8 @@ def job_app(make_app):
     apps = []
 
     def make(captioner=None, **config):
-        app = make_app(captioner=captioner or FakeCaptioner(), answerer=FakeAnswerer(), **{"JOB_WORKER": True, **config})
+        app = make_app(captioner=captioner or FakeCaptioner(), answerer=FakeAnswerer(),
+                       **{"JOB_WORKER": True, **config})
         app.extensions["job_runner"].poll_seconds = 0.05
         apps.append(app)
         return app
@@ -112,7 +113,8 @@ def test_the_three_exports_file_by_file(job_app):
     app = job_app()
     client = app.test_client()
     sent = archive({"x/one.png": PNG, "x/one.jpg": JPEG, "two.png": PNG, "é/ü.png": PNG, "bad.png": b"nope"})
-    job = finished(client, client.post("/jobs", data={"archive": (sent, "a.zip"), "prefix": "tok"}).get_json()["job_id"])
+    started = client.post("/jobs", data={"archive": (sent, "a.zip"), "prefix": "tok"}).get_json()
+    job = finished(client, started["job_id"])
     assert job["done"] == 4 and job["failed"] == 1
     caption = "tok a fake caption"
 
@@ -125,7 +127,8 @@ def test_the_three_exports_file_by_file(job_app):
 
     jsonl = client.get(f"/jobs/{job['job_id']}/export?format=jsonl")
     lines = [json.loads(line) for line in jsonl.data.decode("utf-8").splitlines()]
-    assert lines == [{"file_name": name, "text": caption} for name in ("x/one.png", "x/one.jpg", "two.png", "é/ü.png")]
+    names = ("x/one.png", "x/one.jpg", "two.png", "é/ü.png")
+    assert lines == [{"file_name": name, "text": caption} for name in names]
 
     table = client.get(f"/jobs/{job['job_id']}/export?format=csv")
     rows = list(csv.DictReader(io.StringIO(table.data.decode("utf-8"))))
