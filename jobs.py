@@ -32,6 +32,7 @@ import storage
 from errors import AppError
 from exports import full_caption
 from history import iso_time
+from history_jobs import ACTIVE
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,10 @@ class JobRunner:
         paths = []
         with storage.files_locked(config["UPLOAD_FOLDER"], exclusive=False):
             try:
-                for result, image in ((result, result["image"]) for result in results if result["image"]):
-                    paths.append(storage.store(config["UPLOAD_FOLDER"], image["filename"], result.pop("data"),
-                                               "UPLOAD_FOLDER"))
+                for result in results:
+                    if result["image"]:
+                        paths.append(storage.store(config["UPLOAD_FOLDER"], result["image"]["filename"],
+                                                   result.pop("data"), "UPLOAD_FOLDER"))
                 kept = set(history.finish_items(self.worker, results, iso_time(self.clock())))
             except BaseException:
                 for path in paths:
@@ -233,12 +235,16 @@ class JobRunner:
 
     def _tidy(self, job_id: str) -> None:
         """Remove a finished job's staged files."""
-        try:
-            finished = self.app.extensions["history"].job(job_id)["status"] not in ("queued", "running")
-        except AppError:  # deleted meanwhile (DELETE /history)
-            finished = True
-        if finished:
+        if not still_active(self.app.extensions["history"], job_id):
             remove_staged(self.app.config["JOBS_FOLDER"], job_id)
+
+
+def still_active(history, job_id: str) -> bool:
+    """Whether a job is queued or running; not when it has ended or is gone (deleted, with DELETE /history too)."""
+    try:
+        return history.job(job_id)["status"] in ACTIVE
+    except AppError:
+        return False
 
 
 def remove_staged(jobs_folder: str, job_id: str) -> None:
@@ -254,12 +260,8 @@ def sweep_staged(jobs_folder: str, history, clock=time.time) -> None:
         return
     for job_id in os.listdir(jobs_folder):
         try:
-            active = history.job(job_id)["status"] in ("queued", "running")
-        except AppError:
-            active = False
-        try:
             young = clock() - os.stat(os.path.join(jobs_folder, job_id)).st_mtime < STAGING_GRACE
         except FileNotFoundError:
             continue
-        if not active and not young:
+        if not young and not still_active(history, job_id):
             remove_staged(jobs_folder, job_id)
