@@ -110,22 +110,18 @@ def stage_entry(staged: Staged, opened: zipfile.ZipFile, entry: zipfile.ZipInfo,
     """Stage one ZIP entry, or list it as skipped."""
     if entry.is_dir():
         return
+    name = entry_name(entry)
     kind = stat.S_IFMT(entry.external_attr >> 16)
     if kind and kind != stat.S_IFREG:
-        return skip(staged, entry_name(entry), "not a regular file (a link or a device)")
+        return skip(staged, name, "not a regular file (a link or a device)")
     if entry.flag_bits & 0x1:
-        return skip(staged, entry_name(entry), "encrypted")
-    name = entry_name(entry)
+        return skip(staged, name, "encrypted")
     if name.startswith("__MACOSX/"):
         return skip(staged, name, "macOS resource data, not an image")
     try:
         with opened.open(entry) as stream:
             stage_one(staged, name, stream, limits)
-    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as error:
-        for item in [item for item in staged.items if item["file_name"] == name]:  # half written: not an item
-            staged.items.remove(item)
-            os.unlink(os.path.join(staged.folder, item["staged"]))
-        staged.names.discard(name)
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, zlib.error) as error:  # stage_one kept nothing
         skip(staged, name, f"damaged in the archive ({error})")
 
 
@@ -154,19 +150,23 @@ def stage_one(staged: Staged, given: str, stream: BinaryIO, limits: Limits) -> N
     position = len(staged.items)
     path = os.path.join(staged.folder, str(position))
     size = 0
-    with open(path, "wb") as file:
-        chunk = head
-        while chunk:
-            size += len(chunk)
-            staged.bytes += len(chunk)
-            if staged.bytes > limits.max_bytes:
-                raise too_many_bytes(limits.max_bytes)
-            if size > limits.max_image_bytes:
-                break
-            file.write(chunk)
-            chunk = stream.read(CHUNK)
-        file.flush()
-        os.fsync(file.fileno())  # the job's record, written next, points to it: it must outlive a crash
+    try:
+        with open(path, "wb") as file:
+            chunk = head
+            while chunk:
+                size += len(chunk)
+                staged.bytes += len(chunk)
+                if staged.bytes > limits.max_bytes:
+                    raise too_many_bytes(limits.max_bytes)
+                if size > limits.max_image_bytes:
+                    break
+                file.write(chunk)
+                chunk = stream.read(CHUNK)
+            file.flush()
+            os.fsync(file.fileno())  # the job's record, written next, points to it: it must outlive a crash
+    except BaseException:  # a damaged entry, a limit: no half-written file stays
+        os.unlink(path)
+        raise
     item = {"position": position, "file_name": name, "staged": str(position), "state": "pending"}
     if size > limits.max_image_bytes:
         os.unlink(path)
