@@ -407,12 +407,13 @@ def test_names_that_could_not_be_unpacked_are_skipped(job_app):
 
 def test_a_damaged_entry_leaves_no_half_written_file(job_app):
     app = job_app(JOB_WORKER=False)
+    large = image_bytes(size=(64, 64)) + bytes(4 << 20)  # read in chunks: the CRC fails after the first is written
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as opened:
         opened.writestr("ok.png", PNG)
-        opened.writestr("broken.png", PNG)
+        opened.writestr("broken.png", large)
     data = bytearray(buffer.getvalue())
-    data[data.index(PNG, data.index(b"broken.png")) + 20] ^= 0xFF  # stored: its CRC fails at the end
+    data[data.index(large[:64], data.index(b"broken.png")) + 20] ^= 0xFF  # stored: its CRC fails at the end
     job = app.test_client().post("/jobs", data={"archive": (io.BytesIO(bytes(data)), "a.zip")}).get_json()
     assert job["total"] == 1 and job["skipped"][0]["file_name"] == "broken.png"
     assert os.listdir(os.path.join(app.config["JOBS_FOLDER"], job["job_id"])) == ["0"]
