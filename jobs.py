@@ -145,9 +145,9 @@ class JobRunner:
             self.worker, iso_time(now), iso_time(now + self.claim_seconds), self.batch_size)
         works = list(self._decoders.map(self._decode, items))
         ready = [work for work in works if work.error is None]
-        for prompt in dict.fromkeys(work.item["prompt"] for work in ready):
-            same = [work for work in ready if work.item["prompt"] == prompt]
-            for work, future in zip(same, models.caption_in_bulk([work.model_input for work in same], prompt)):
+        if ready:  # the items of one claim are one job's: one prompt
+            for work, future in zip(ready, models.caption_in_bulk([work.model_input for work in ready],
+                                                                  ready[0].item["prompt"])):
                 work.future, work.model_input = future, None
         return works
 
